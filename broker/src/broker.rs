@@ -1,0 +1,291 @@
+//! The broker's state: metadata, the partitions' logs, and the hooks between them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::config::BrokerConfig;
+use crate::metadata::{LocalMetadataStore, MetadataCommand, MetadataError, MetadataImage, MetadataStore, TopicMetadata};
+use crate::metrics::Metrics;
+use crate::storage::{Clock, PartitionLog, StorageError, SystemClock};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("I/O on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// One partition: its log behind a short-held lock, and the flush serializer that turns
+/// concurrent acks=all waits into one fsync (group commit).
+#[derive(Debug)]
+pub struct Partition {
+    pub topic: String,
+    pub index: i32,
+    log: Mutex<PartitionLog>,
+    sync_lock: tokio::sync::Mutex<()>,
+}
+
+impl Partition {
+    /// Locks the log. Holders do only in-memory work and page-cache I/O, never fsync.
+    pub fn log(&self) -> MutexGuard<'_, PartitionLog> {
+        self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until every record below `offset` is fsynced. Callers that arrive while a flush
+    /// runs queue on `sync_lock` and usually find their data already covered when they get it.
+    pub async fn sync_to(&self, offset: i64) -> Result<(), StorageError> {
+        if self.log().flushed_offset() >= offset {
+            return Ok(());
+        }
+        let _turn = self.sync_lock.lock().await;
+        let plan = {
+            let mut log = self.log();
+            if log.flushed_offset() >= offset {
+                return Ok(());
+            }
+            log.sync_plan()
+        };
+        let plan = tokio::task::spawn_blocking(move || plan.execute().map(|()| plan))
+            .await
+            .map_err(|e| StorageError::io(Path::new("<flush task>"), std::io::Error::other(e.to_string())))??;
+        self.log().mark_flushed(plan.offset);
+        Ok(())
+    }
+}
+
+type PartitionMap = HashMap<String, Vec<Arc<Partition>>>;
+
+#[derive(Debug)]
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub cluster_id: String,
+    metadata: Box<dyn MetadataStore>,
+    partitions: RwLock<PartitionMap>,
+    clock: Arc<dyn Clock>,
+    /// Bumped after every append, so long-polling fetches wake up.
+    appended: tokio::sync::watch::Sender<u64>,
+    pub(crate) metrics: Metrics,
+}
+
+impl Broker {
+    /// Opens the data directory: replays metadata, then opens (and recovers) every partition.
+    pub fn open(config: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
+        Self::open_with_clock(config, Arc::new(SystemClock))
+    }
+
+    pub fn open_with_clock(config: BrokerConfig, clock: Arc<dyn Clock>) -> Result<Arc<Broker>, BrokerError> {
+        let io = |path: &Path, source| BrokerError::Io { path: path.to_path_buf(), source };
+        let meta_dir = config.data_dir.join("meta");
+        std::fs::create_dir_all(&meta_dir).map_err(|e| io(&meta_dir, e))?;
+        let cluster_id = load_or_create_cluster_id(&meta_dir.join("cluster_id")).map_err(|e| io(&meta_dir, e))?;
+        let metadata = LocalMetadataStore::open(&meta_dir)?;
+        let broker = Arc::new(Broker {
+            config,
+            cluster_id,
+            metadata: Box::new(metadata),
+            partitions: RwLock::new(HashMap::new()),
+            clock,
+            appended: tokio::sync::watch::channel(0).0,
+            metrics: Metrics::new(),
+        });
+        let image = broker.metadata.image();
+        broker.reconcile(&image)?;
+        broker.remove_orphan_directories(&image)?;
+        Ok(broker)
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.config.data_dir.join("log")
+    }
+
+    fn partition_dir(&self, topic: &str, index: i32) -> PathBuf {
+        self.log_dir().join(format!("{topic}-{index}"))
+    }
+
+    pub fn metadata(&self) -> Arc<MetadataImage> {
+        self.metadata.image()
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicMetadata> {
+        self.metadata.image().topics.get(name).cloned()
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Proposes a metadata change and brings the partitions in line with the result.
+    pub fn propose(&self, command: MetadataCommand) -> Result<Arc<MetadataImage>, BrokerError> {
+        let image = self.metadata.propose(command)?;
+        self.reconcile(&image)?;
+        Ok(image)
+    }
+
+    /// Opens logs for partitions the image has and this node lacks, closes and deletes the
+    /// ones it no longer has, and pushes config changes into open logs.
+    fn reconcile(&self, image: &MetadataImage) -> Result<(), BrokerError> {
+        let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = partitions.keys().filter(|t| !image.topics.contains_key(*t)).cloned().collect();
+        for topic in gone {
+            for partition in partitions.remove(&topic).unwrap_or_default() {
+                let dir = partition.log().dir().to_path_buf();
+                remove_dir(&dir)?;
+            }
+        }
+        for topic in image.topics.values() {
+            let config = self.config.log_config(&topic.configs);
+            let open = partitions.entry(topic.name.clone()).or_default();
+            for partition in open.iter() {
+                partition.log().set_config(config.clone());
+            }
+            for index in open.len() as i32..topic.partitions {
+                let dir = self.partition_dir(&topic.name, index);
+                claim_partition_dir(&dir, &topic.topic_id)?;
+                let log = PartitionLog::open(&dir, config.clone(), Arc::clone(&self.clock))?;
+                open.push(Arc::new(Partition {
+                    topic: topic.name.clone(),
+                    index,
+                    log: Mutex::new(log),
+                    sync_lock: tokio::sync::Mutex::new(()),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Directories left by a topic deleted just before a crash are removed at startup.
+    fn remove_orphan_directories(&self, image: &MetadataImage) -> Result<(), BrokerError> {
+        let dir = self.log_dir();
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let known = name.rsplit_once('-').is_some_and(|(topic, index)| {
+                let index: i32 = index.parse().unwrap_or(-1);
+                image.topics.get(topic).is_some_and(|t| (0..t.partitions).contains(&index))
+            });
+            if !known {
+                tracing::warn!(dir = %entry.path().display(), "removing directory of a deleted topic");
+                remove_dir(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
+        let partitions = self.partitions.read().unwrap_or_else(|p| p.into_inner());
+        partitions.get(topic).and_then(|p| p.get(usize::try_from(index).ok()?)).cloned()
+    }
+
+    pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        let partitions = self.partitions.read().unwrap_or_else(|p| p.into_inner());
+        partitions.values().flatten().cloned().collect()
+    }
+
+    /// Creates a topic with broker defaults (auto-creation on Metadata or Produce).
+    pub fn auto_create_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let command = MetadataCommand::CreateTopic {
+            name: name.to_string(),
+            topic_id: uuid::Uuid::new_v4().to_string(),
+            partitions: self.config.num_partitions,
+            configs: Default::default(),
+        };
+        match self.propose(command) {
+            Ok(_) | Err(BrokerError::Metadata(MetadataError::TopicExists { .. })) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn notify_appended(&self) {
+        self.appended.send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    pub(crate) fn subscribe_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// Flushes logs whose `flush.ms`/`flush.messages` are due; run by a background task.
+    pub async fn flush_due(&self) {
+        for partition in self.all_partitions() {
+            let due = partition.log().flush_due();
+            if due {
+                let target = partition.log().log_end_offset();
+                if let Err(e) = partition.sync_to(target).await {
+                    tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "background flush failed");
+                }
+            }
+        }
+    }
+
+    /// Applies retention to every partition; run by a background task.
+    pub fn enforce_retention(&self) {
+        for partition in self.all_partitions() {
+            if let Err(e) = partition.log().enforce_retention() {
+                tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "retention failed");
+            }
+        }
+    }
+
+    /// Flushes and seals every log: the last step of a clean shutdown.
+    pub fn close(&self) {
+        for partition in self.all_partitions() {
+            if let Err(e) = partition.log().close() {
+                tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "close failed");
+            }
+        }
+    }
+
+    /// Refreshes gauges that are cheaper to read on demand than to track.
+    pub(crate) fn refresh_gauges(&self) {
+        let partitions = self.all_partitions();
+        let bytes: u64 = partitions.iter().map(|p| p.log().size_bytes()).sum();
+        self.metrics.partitions.set(partitions.len() as i64);
+        self.metrics.log_size_bytes.set(bytes as i64);
+    }
+
+    pub fn render_metrics(&self) -> String {
+        self.refresh_gauges();
+        self.metrics.render()
+    }
+}
+
+/// Writes `partition.metadata` with the topic id, wiping a directory that belonged to an
+/// older topic of the same name.
+fn claim_partition_dir(dir: &Path, topic_id: &uuid::Uuid) -> Result<(), BrokerError> {
+    let io = |path: &Path, source| BrokerError::Io { path: path.to_path_buf(), source };
+    let marker = dir.join("partition.metadata");
+    let expected = format!("version: 0\ntopic_id: {topic_id}\n");
+    match std::fs::read_to_string(&marker) {
+        Ok(found) if found == expected => return Ok(()),
+        Ok(_) => {
+            tracing::warn!(dir = %dir.display(), "partition directory belongs to an older topic; wiping it");
+            remove_dir(dir)?;
+        }
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    std::fs::write(&marker, expected).map_err(|e| io(&marker, e))
+}
+
+fn remove_dir(dir: &Path) -> Result<(), BrokerError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BrokerError::Io { path: dir.to_path_buf(), source }),
+    }
+}
+
+fn load_or_create_cluster_id(path: &Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            // Kafka cluster ids are 22 characters of URL-safe base64 of a UUID; a simple form does.
+            let id = uuid::Uuid::new_v4().simple().to_string()[..22].to_string();
+            std::fs::write(path, &id)?;
+            Ok(id)
+        }
+    }
+}

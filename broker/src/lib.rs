@@ -1,0 +1,26 @@
+//! Runnel's broker: a Kafka-protocol server over a durable segmented log.
+//!
+//! Layers, with data flowing one way (socket → request → partition → log):
+//! - [`protocol`]: sans-I/O — frames, RecordBatch headers, the API versions we speak.
+//! - [`storage`]: the segmented log per partition (see `docs/STORAGE.md`).
+//! - [`metadata`]: topics, partitions and configs as a replicated-state-machine interface.
+//! - [`server`]: sockets, connection limits, request dispatch and the admin HTTP endpoint.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = runnel_broker::config::BrokerConfig::default();
+//! let broker = runnel_broker::Broker::open(config)?;
+//! runnel_broker::server::serve(broker, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod metadata;
+pub mod protocol;
+pub mod server;
+pub mod storage;
+
+mod broker;
+mod metrics;
+
+pub use broker::{Broker, BrokerError};

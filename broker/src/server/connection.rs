@@ -1,0 +1,149 @@
+//! One client connection: read frames in order, dispatch, write responses in order.
+//!
+//! A request's synchronous part (e.g. appending to the log) runs in arrival order, as Kafka
+//! requires for pipelined produces; only the wait for durability runs concurrently, so acks=all
+//! requests from one connection share fsyncs. Responses are written in request order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+use super::handlers::{self, Reply};
+use crate::metrics::ApiLabels;
+use crate::protocol::frame::{self, MIN_REQUEST_BYTES};
+use crate::Broker;
+
+/// Responses queued per connection before the reader stops reading: bounds memory per client.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
+/// A client that starts a frame must finish it within this time, or it is dropped; this keeps
+/// a stalled sender from pinning its share of the request-bytes budget.
+const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Pending {
+    reply: Reply,
+    api: &'static str,
+    started: Instant,
+    _bytes: OwnedSemaphorePermit,
+}
+
+pub(super) async fn run(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    request_bytes: Arc<Semaphore>,
+) {
+    broker.metrics.connections.inc();
+    let span = tracing::info_span!("connection", %peer);
+    async {
+        let (mut reader, writer) = stream.into_split();
+        let (queue, pending) = mpsc::channel::<Pending>(MAX_IN_FLIGHT_PER_CONNECTION);
+        let writer_task = tokio::spawn(write_responses(Arc::clone(&broker), writer, pending).in_current_span());
+        loop {
+            let mut size_prefix = [0u8; 4];
+            tokio::select! {
+                _ = stop.changed() => break,
+                read = reader.read_exact(&mut size_prefix) => {
+                    if read.is_err() {
+                        break; // peer closed or reset
+                    }
+                }
+            }
+            let size = i32::from_be_bytes(size_prefix);
+            let max = broker.config.socket_request_max_bytes;
+            if size < MIN_REQUEST_BYTES as i32 || size as usize > max {
+                tracing::warn!(size, max, "invalid request size; closing connection");
+                break;
+            }
+            let size = size as usize;
+            let Ok(permit) = Arc::clone(&request_bytes).acquire_many_owned(size as u32).await else { break };
+            let mut body = BytesMut::zeroed(size);
+            match tokio::time::timeout(FRAME_BODY_TIMEOUT, reader.read_exact(&mut body)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::warn!(size, "request body not received in time; closing connection");
+                    break;
+                }
+            }
+            broker.metrics.bytes_in.inc_by(size as u64 + 4);
+            let started = Instant::now();
+            let request = match frame::decode_request(body.freeze()) {
+                Ok(request) => request,
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable request; closing connection");
+                    break;
+                }
+            };
+            let api = api_name(request.api_key);
+            let reply = match handlers::dispatch(&broker, request).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    broker.metrics.request_errors.get_or_create(&ApiLabels { api }).inc();
+                    tracing::warn!(error = %e, "bad request; closing connection");
+                    break;
+                }
+            };
+            if queue.send(Pending { reply, api, started, _bytes: permit }).await.is_err() {
+                break; // writer failed: the peer is gone
+            }
+        }
+        drop(queue);
+        let _ = writer_task.await;
+    }
+    .instrument(span)
+    .await;
+    broker.metrics.connections.dec();
+}
+
+async fn write_responses(broker: Arc<Broker>, writer: OwnedWriteHalf, mut pending: mpsc::Receiver<Pending>) {
+    let mut writer = BufWriter::new(writer);
+    while let Some(item) = pending.recv().await {
+        let response: Option<Bytes> = match item.reply {
+            Reply::Ready(bytes) => Some(bytes),
+            Reply::Later(future) => Some(future.await),
+            Reply::None => None,
+        };
+        let labels = ApiLabels { api: item.api };
+        broker.metrics.requests.get_or_create(&labels).inc();
+        broker.metrics.request_seconds.get_or_create(&labels).observe(item.started.elapsed().as_secs_f64());
+        if let Some(bytes) = response {
+            broker.metrics.bytes_out.inc_by(bytes.len() as u64);
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        // Flush when nothing else is ready, so pipelined responses share a syscall.
+        if pending.is_empty() && writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}
+
+fn api_name(api: kafka_protocol::messages::ApiKey) -> &'static str {
+    use kafka_protocol::messages::ApiKey;
+    match api {
+        ApiKey::Produce => "produce",
+        ApiKey::Fetch => "fetch",
+        ApiKey::ListOffsets => "list_offsets",
+        ApiKey::Metadata => "metadata",
+        ApiKey::ApiVersions => "api_versions",
+        ApiKey::CreateTopics => "create_topics",
+        ApiKey::DeleteTopics => "delete_topics",
+        ApiKey::DescribeConfigs => "describe_configs",
+        ApiKey::AlterConfigs => "alter_configs",
+        ApiKey::CreatePartitions => "create_partitions",
+        ApiKey::IncrementalAlterConfigs => "incremental_alter_configs",
+        ApiKey::DescribeCluster => "describe_cluster",
+        _ => "other",
+    }
+}

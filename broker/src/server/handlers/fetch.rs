@@ -1,0 +1,178 @@
+//! Fetch: whole batches from the log, with long polling on `max_wait_ms`/`min_bytes`.
+//!
+//! Every request is treated as a full fetch (session id 0), which KIP-227 clients accept:
+//! they keep sending full requests when the broker hands out no session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::ResponseError;
+
+use super::{respond, storage_error_code, text, Reply};
+use crate::protocol::frame::{decode_body, FrameError, RequestFrame};
+use crate::Broker;
+
+/// Longest wait a client may ask for; keeps a hostile `max_wait_ms` from pinning a connection.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
+
+pub(super) async fn handle(broker: &Arc<Broker>, request: &RequestFrame) -> Result<Reply, FrameError> {
+    let body: FetchRequest = decode_body(request)?;
+    let version = request.api_version;
+    let wait = Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let deadline = tokio::time::Instant::now() + wait;
+    let min_bytes = body.min_bytes.max(0) as usize;
+    // Subscribe before the first read so an append between read and wait is not missed.
+    let mut appended = broker.subscribe_appends();
+    loop {
+        let (response, bytes, any_error) = read_once(broker, &body, version);
+        let now = tokio::time::Instant::now();
+        if bytes >= min_bytes.max(1) || any_error || now >= deadline {
+            return respond(request, &response);
+        }
+        appended.borrow_and_update();
+        if tokio::time::timeout_at(deadline, appended.changed()).await.is_err() {
+            let (response, _, _) = read_once(broker, &body, version);
+            return respond(request, &response);
+        }
+    }
+}
+
+/// Builds one response from the log as it is now; returns it, the record bytes it carries,
+/// and whether any partition failed (errors are returned at once, not waited on).
+fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+    let mut response = FetchResponse::default();
+    let mut remaining = if version >= 3 { body.max_bytes.max(0) as usize } else { usize::MAX };
+    let mut total = 0;
+    let mut any_error = false;
+    let image = broker.metadata();
+    for topic in &body.topics {
+        let name = if version >= 13 {
+            image.topics.values().find(|t| t.topic_id == topic.topic_id).map(|t| t.name.clone())
+        } else {
+            Some(topic.topic.0.to_string())
+        };
+        let mut topic_response = FetchableTopicResponse::default();
+        topic_response.topic = TopicName(text(name.clone().unwrap_or_default()));
+        topic_response.topic_id = topic.topic_id;
+        for requested in &topic.partitions {
+            let mut data = PartitionData::default();
+            data.partition_index = requested.partition;
+            data.high_watermark = -1;
+            data.last_stable_offset = -1;
+            data.log_start_offset = -1;
+            let partition = name.as_deref().and_then(|n| broker.partition(n, requested.partition));
+            let Some(partition) = partition else {
+                data.error_code = if version >= 13 && name.is_none() {
+                    ResponseError::UnknownTopicId.code()
+                } else {
+                    ResponseError::UnknownTopicOrPartition.code()
+                };
+                any_error = true;
+                topic_response.partitions.push(data);
+                continue;
+            };
+            // The only leader epoch on a single node is 0.
+            if requested.current_leader_epoch > 0 {
+                data.error_code = ResponseError::UnknownLeaderEpoch.code();
+                any_error = true;
+                topic_response.partitions.push(data);
+                continue;
+            }
+            let partition_max = (requested.partition_max_bytes.max(0) as usize).min(remaining);
+            let slice = {
+                let mut log = partition.log();
+                data.high_watermark = log.high_watermark();
+                data.last_stable_offset = log.high_watermark();
+                data.log_start_offset = log.log_start_offset();
+                // The first partition with data always gets at least one whole batch (KIP-74).
+                let max = if total == 0 { partition_max.max(1) } else { partition_max };
+                if max == 0 { Ok(None) } else { log.read(requested.fetch_offset, max) }
+            };
+            match slice.and_then(|s| s.map(|s| s.read()).transpose()) {
+                Ok(Some(records)) => {
+                    total += records.len();
+                    remaining = remaining.saturating_sub(records.len());
+                    data.records = Some(records);
+                }
+                Ok(None) => data.records = Some(Default::default()),
+                Err(e) => {
+                    data.error_code = storage_error_code(&e);
+                    any_error = true;
+                    tracing::debug!(topic = %partition.topic, partition = partition.index, error = %e, "fetch failed");
+                }
+            }
+            if version >= 4 {
+                data.aborted_transactions = Some(Vec::new());
+            }
+            topic_response.partitions.push(data);
+        }
+        response.responses.push(topic_response);
+    }
+    (response, total, any_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+    use crate::protocol::batch::{tests::sample_batch, validate_batch};
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::ApiKey;
+
+    fn fetch(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+        let mut partition = FetchPartition::default();
+        partition.partition = 0;
+        partition.fetch_offset = offset;
+        partition.partition_max_bytes = 1 << 20;
+        partition.current_leader_epoch = -1;
+        let mut fetch_topic = FetchTopic::default();
+        fetch_topic.topic = TopicName(text(topic));
+        fetch_topic.partitions = vec![partition];
+        let mut request = FetchRequest::default();
+        request.max_wait_ms = max_wait_ms;
+        request.min_bytes = 1;
+        request.max_bytes = 50 << 20;
+        request.topics = vec![fetch_topic];
+        request
+    }
+
+    #[tokio::test]
+    async fn fetch_inside_a_batch_returns_the_whole_batch() {
+        let (_dir, broker) = broker();
+        broker.auto_create_topic("t").expect("create");
+        let partition = broker.partition("t", 0).expect("partition");
+        partition.log().append(&sample_batch(5, 10, b"abc")).expect("append");
+        partition.log().append(&sample_batch(5, 20, b"def")).expect("append");
+        for version in [4i16, 11, 12] {
+            let response: FetchResponse = call(&broker, ApiKey::Fetch, version, &fetch("t", 7, 0)).await;
+            let data = &response.responses[0].partitions[0];
+            assert_eq!(data.error_code, 0);
+            assert_eq!(data.high_watermark, 10);
+            let records = data.records.clone().expect("records");
+            let header = validate_batch(&records).expect("one whole batch");
+            assert_eq!(header.base_offset, 5, "the batch holding offset 7 starts at 5");
+        }
+    }
+
+    #[tokio::test]
+    async fn out_of_range_is_an_error_and_a_long_poll_wakes_on_append() {
+        let (_dir, broker) = broker();
+        broker.auto_create_topic("t").expect("create");
+        let response: FetchResponse = call(&broker, ApiKey::Fetch, 11, &fetch("t", 5, 0)).await;
+        assert_eq!(response.responses[0].partitions[0].error_code, ResponseError::OffsetOutOfRange.code());
+
+        let writer = Arc::clone(&broker);
+        let append = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            writer.partition("t", 0).expect("partition").log().append(&sample_batch(1, 1, b"x")).expect("append");
+            writer.notify_appended();
+        });
+        let started = std::time::Instant::now();
+        let response: FetchResponse = call(&broker, ApiKey::Fetch, 11, &fetch("t", 0, 10_000)).await;
+        append.await.expect("append task");
+        assert!(started.elapsed() < Duration::from_secs(5), "woke on append, not at max_wait");
+        assert!(!response.responses[0].partitions[0].records.clone().unwrap_or_default().is_empty());
+    }
+}

@@ -1,0 +1,131 @@
+//! The server layer: owns the sockets. `serve(broker, shutdown)` runs the Kafka listener, the
+//! admin HTTP endpoint and the background flush/retention tasks until `shutdown` resolves,
+//! then drains in-flight requests and closes the logs.
+
+mod admin_http;
+mod connection;
+mod handlers;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::Broker;
+
+pub use connection::MAX_IN_FLIGHT_PER_CONNECTION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("admin HTTP server failed: {0}")]
+    Admin(std::io::Error),
+}
+
+/// How often the background task looks for logs whose `flush.ms` has passed.
+const FLUSH_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// How long shutdown waits for connections to finish their in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Listeners already bound, so callers (and tests) can bind port 0 and learn the port.
+pub struct Listeners {
+    pub kafka: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(broker: &Broker) -> Result<Listeners, ServerError> {
+        let kafka_addr = broker.config.listen;
+        let admin_addr = broker.config.admin_listen;
+        let kafka = TcpListener::bind(kafka_addr).await.map_err(|source| ServerError::Bind { addr: kafka_addr, source })?;
+        let admin = TcpListener::bind(admin_addr).await.map_err(|source| ServerError::Bind { addr: admin_addr, source })?;
+        Ok(Listeners { kafka, admin })
+    }
+}
+
+/// Binds the configured addresses and serves until `shutdown` resolves.
+pub async fn serve(broker: Arc<Broker>, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let listeners = Listeners::bind(&broker).await?;
+    serve_on(broker, listeners, shutdown).await
+}
+
+pub async fn serve_on(broker: Arc<Broker>, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin = tokio::spawn(admin_http::run(Arc::clone(&broker), listeners.admin, Arc::clone(&ready), stop_rx.clone()));
+    let background = tokio::spawn(background_tasks(Arc::clone(&broker), stop_rx.clone()));
+
+    let connections = Arc::new(Semaphore::new(broker.config.max_connections));
+    // One request may not exceed the whole budget, or it could never be admitted.
+    let budget_bytes = broker.config.queued_max_request_bytes.max(broker.config.socket_request_max_bytes);
+    let request_bytes = Arc::new(Semaphore::new(budget_bytes.min(Semaphore::MAX_PERMITS)));
+    let mut tasks = tokio::task::JoinSet::new();
+    tracing::info!(listen = %broker.config.listen, admin = %broker.config.admin_listen, data_dir = %broker.config.data_dir.display(), "runnel broker ready");
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listeners.kafka.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                    tracing::warn!(%peer, limit = broker.config.max_connections, "connection limit reached; closing new connection");
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let broker = Arc::clone(&broker);
+                let stop = stop_rx.clone();
+                let request_bytes = Arc::clone(&request_bytes);
+                tasks.spawn(async move {
+                    connection::run(broker, stream, peer, stop, request_bytes).await;
+                    drop(permit);
+                });
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    drop(listeners.kafka);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!("connections did not drain in time; closing them");
+        tasks.abort_all();
+    }
+    let _ = background.await;
+    let broker_for_close = Arc::clone(&broker);
+    let _ = tokio::task::spawn_blocking(move || broker_for_close.close()).await;
+    admin.abort();
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn background_tasks(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    let mut flush = tokio::time::interval(FLUSH_CHECK_INTERVAL);
+    let mut retention = tokio::time::interval(Duration::from_millis(broker.config.retention_check_interval_ms));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = flush.tick() => broker.flush_due().await,
+            _ = retention.tick() => {
+                let broker = Arc::clone(&broker);
+                let _ = tokio::task::spawn_blocking(move || broker.enforce_retention()).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! A partition's log: an ordered set of segments, the last one active.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::segment::Segment;
+use super::{Clock, Result, StorageError};
+use crate::config::LogConfig;
+use crate::protocol::batch::{peek_batch_bytes, split_batches, stamp_batch, BatchHeader};
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub log_start_offset: i64,
+}
+
+/// A byte range of one segment to send to a consumer, read after the log lock is released.
+#[derive(Debug, Clone)]
+pub struct FetchSlice {
+    file: Arc<File>,
+    path: PathBuf,
+    position: u64,
+    bytes: usize,
+    /// Length of the first batch: it is always returned whole, even past `max_bytes` (KIP-74).
+    first_batch_bytes: usize,
+}
+
+impl FetchSlice {
+    /// Reads the slice and trims a trailing partial batch, so clients receive whole batches.
+    pub fn read(&self) -> Result<Bytes> {
+        let mut buf = BytesMut::zeroed(self.bytes);
+        self.file.read_exact_at(&mut buf, self.position).map_err(|e| StorageError::io(&self.path, e))?;
+        let mut whole = 0;
+        while let Some(len) = peek_batch_bytes(&buf[whole..]) {
+            if whole + len > buf.len() {
+                break;
+            }
+            whole += len;
+        }
+        debug_assert!(whole >= self.first_batch_bytes.min(self.bytes));
+        buf.truncate(whole);
+        Ok(buf.freeze())
+    }
+}
+
+/// What a flush must fsync to make everything up to `offset` durable.
+#[derive(Debug)]
+pub struct SyncPlan {
+    pub files: Vec<(PathBuf, Arc<File>)>,
+    pub offset: i64,
+}
+
+impl SyncPlan {
+    /// Runs the fsyncs; blocking, so call it off the async runtime.
+    pub fn execute(&self) -> Result<()> {
+        for (path, file) in &self.files {
+            file.sync_data().map_err(|e| StorageError::io(path, e))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    clock: Arc<dyn Clock>,
+    segments: BTreeMap<i64, Segment>,
+    log_start_offset: i64,
+    leader_epoch: i32,
+    /// Offset up to which every record is known to be fsynced.
+    flushed_offset: i64,
+    /// Sealed segments written since the last flush: the next flush must fsync them too.
+    unflushed_sealed: Vec<(PathBuf, Arc<File>)>,
+    unflushed_messages: u64,
+    last_flush_ms: i64,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering the active segment's tail.
+    pub fn open(dir: &Path, config: LogConfig, clock: Arc<dyn Clock>) -> Result<PartitionLog> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        let mut bases: Vec<i64> = std::fs::read_dir(dir)
+            .map_err(|e| StorageError::io(dir, e))?
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                name.strip_suffix(".log")?.parse::<i64>().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        let now_ms = clock.now_ms();
+        let mut segments = BTreeMap::new();
+        match bases.split_last() {
+            None => {
+                segments.insert(0, Segment::create(dir, 0, now_ms)?);
+            }
+            Some((&active, sealed)) => {
+                for (i, &base) in sealed.iter().enumerate() {
+                    let next = bases[i + 1];
+                    segments.insert(base, Segment::open_sealed(dir, base, next)?);
+                }
+                segments.insert(active, Segment::recover_active(dir, active, config.index_interval_bytes, now_ms)?);
+            }
+        }
+        let log_start_offset = *segments.keys().next().expect("a log always has a segment");
+        let mut log = PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            clock,
+            segments,
+            log_start_offset,
+            leader_epoch: 0,
+            flushed_offset: 0,
+            unflushed_sealed: Vec::new(),
+            unflushed_messages: 0,
+            last_flush_ms: now_ms,
+        };
+        // What survived recovery is on disk; treat it as flushed.
+        log.flushed_offset = log.log_end_offset();
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+
+    /// Single node: everything appended is committed. Replication will move this separately.
+    pub fn high_watermark(&self) -> i64 {
+        self.log_end_offset()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    pub fn set_leader_epoch(&mut self, epoch: i32) {
+        assert!(epoch >= self.leader_epoch, "leader epochs never go back");
+        self.leader_epoch = epoch;
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log always has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has a segment")
+    }
+
+    /// Validates, stamps and appends a produce payload of one or more batches.
+    pub fn append(&mut self, payload: &[u8]) -> Result<AppendInfo> {
+        if payload.len() as u64 > self.config.max_message_bytes {
+            return Err(StorageError::BatchTooLarge { bytes: payload.len(), max_bytes: self.config.max_message_bytes });
+        }
+        let batches = split_batches(payload)?;
+        if batches.is_empty() {
+            return Err(StorageError::InvalidBatch(crate::protocol::batch::BatchError::Invalid { reason: "no record batch" }));
+        }
+        let mut stamped = BytesMut::from(payload);
+        let base_offset = self.log_end_offset();
+        let mut next = base_offset;
+        let mut last_offset = base_offset;
+        for (header, range) in &batches {
+            let header = BatchHeader { base_offset: next, partition_leader_epoch: self.leader_epoch, ..*header };
+            stamp_batch(&mut stamped[range.clone()], next, self.leader_epoch);
+            self.maybe_roll(range.len() as u64, header.last_offset())?;
+            let interval = self.config.index_interval_bytes;
+            self.active_mut().append(&stamped[range.clone()], &header, interval)?;
+            last_offset = header.last_offset();
+            next = header.next_offset();
+            self.unflushed_messages += header.record_count.max(0) as u64;
+        }
+        Ok(AppendInfo { base_offset, last_offset, log_start_offset: self.log_start_offset })
+    }
+
+    fn maybe_roll(&mut self, batch_bytes: u64, last_offset: i64) -> Result<()> {
+        let now_ms = self.clock.now_ms();
+        let active = self.active();
+        let full = active.size + batch_bytes > self.config.segment_bytes;
+        let old = now_ms - active.created_ms >= self.config.segment_ms;
+        let offsets_exhausted = !active.can_hold_offset(last_offset);
+        if active.size > 0 && (full || old || offsets_exhausted) {
+            self.roll(now_ms)?;
+        }
+        Ok(())
+    }
+
+    fn roll(&mut self, now_ms: i64) -> Result<()> {
+        let next_offset = self.log_end_offset();
+        let active = self.active_mut();
+        active.seal()?;
+        let sealed = (active.log_path().to_path_buf(), Arc::clone(&active.log));
+        self.unflushed_sealed.push(sealed);
+        let segment = Segment::create(&self.dir, next_offset, now_ms)?;
+        self.segments.insert(next_offset, segment);
+        tracing::debug!(dir = %self.dir.display(), base_offset = next_offset, "rolled segment");
+        Ok(())
+    }
+
+    /// Finds the bytes to return for a fetch at `offset`, bounded by `max_bytes` except that
+    /// the first batch is always whole.
+    pub fn read(&mut self, offset: i64, max_bytes: usize) -> Result<Option<FetchSlice>> {
+        let end = self.log_end_offset();
+        if offset < self.log_start_offset || offset > end {
+            return Err(StorageError::OffsetOutOfRange { offset, log_start_offset: self.log_start_offset, log_end_offset: end });
+        }
+        let starts: Vec<i64> = self.segments.range(..=offset).next_back().map(|(b, _)| *b).into_iter().collect();
+        let first = starts.first().copied().unwrap_or(self.log_start_offset);
+        for (_, segment) in self.segments.range_mut(first..) {
+            if let Some(at) = segment.find_batch(offset)? {
+                let available = (segment.size - at.position) as usize;
+                let first_batch_bytes = at.header.total_bytes();
+                let bytes = available.min(max_bytes.max(first_batch_bytes));
+                return Ok(Some(FetchSlice {
+                    file: Arc::clone(&segment.log),
+                    path: segment.log_path().to_path_buf(),
+                    position: at.position,
+                    bytes,
+                    first_batch_bytes,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The earliest offset whose batch has a timestamp at or after `timestamp`, and that
+    /// batch's max timestamp. The offset is the batch's first offset at or after the search
+    /// start; records inside one batch share the batch's position.
+    pub fn offset_for_timestamp(&mut self, timestamp: i64) -> Result<Option<(i64, i64)>> {
+        let start = self.log_start_offset;
+        for (_, segment) in self.segments.range_mut(start..) {
+            if segment.size == 0 || segment.max_timestamp < timestamp {
+                continue;
+            }
+            let mut offset = segment.time_search_start(timestamp);
+            while let Some(at) = segment.find_batch(offset)? {
+                if at.header.max_timestamp >= timestamp {
+                    return Ok(Some((at.header.base_offset.max(offset), at.header.max_timestamp)));
+                }
+                offset = at.header.next_offset();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads the whole batch that holds `offset` (for per-record timestamp lookups).
+    pub fn read_batch_at(&mut self, offset: i64) -> Result<Option<Bytes>> {
+        match self.read(offset, 0)? {
+            Some(slice) => slice.read().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `flush.ms` or `flush.messages` ask for a background flush now.
+    pub fn flush_due(&self) -> bool {
+        if self.flushed_offset >= self.log_end_offset() && self.unflushed_sealed.is_empty() {
+            return false;
+        }
+        let elapsed = self.clock.now_ms() - self.last_flush_ms;
+        elapsed >= self.config.flush_ms || self.unflushed_messages >= self.config.flush_messages
+    }
+
+    pub fn flushed_offset(&self) -> i64 {
+        self.flushed_offset
+    }
+
+    /// What to fsync to make the log durable up to its current end.
+    pub fn sync_plan(&mut self) -> SyncPlan {
+        let mut files = std::mem::take(&mut self.unflushed_sealed);
+        let active = self.active();
+        files.push((active.log_path().to_path_buf(), Arc::clone(&active.log)));
+        self.unflushed_messages = 0;
+        self.last_flush_ms = self.clock.now_ms();
+        SyncPlan { files, offset: self.log_end_offset() }
+    }
+
+    /// Records that a [`SyncPlan`] finished.
+    pub fn mark_flushed(&mut self, offset: i64) {
+        self.flushed_offset = self.flushed_offset.max(offset);
+    }
+
+    /// Flushes synchronously (shutdown, tests).
+    pub fn flush(&mut self) -> Result<()> {
+        let plan = self.sync_plan();
+        plan.execute()?;
+        self.mark_flushed(plan.offset);
+        Ok(())
+    }
+
+    /// Deletes whole segments past `retention.ms` or beyond `retention.bytes`; never the
+    /// active one (it is rolled first when all of it has expired). Returns segments removed.
+    pub fn enforce_retention(&mut self) -> Result<usize> {
+        let now_ms = self.clock.now_ms();
+        let retention_ms = self.config.retention_ms;
+        let expired = |segment: &Segment| retention_ms >= 0 && now_ms - segment.max_timestamp > retention_ms;
+        if self.active().size > 0 && expired(self.active()) {
+            self.roll(now_ms)?;
+        }
+        let mut total = self.size_bytes() as i64;
+        let mut removed = 0;
+        while self.segments.len() > 1 {
+            let (&base, oldest) = self.segments.iter().next().expect("checked non-empty");
+            let over_size = self.config.retention_bytes >= 0 && total - oldest.size as i64 >= self.config.retention_bytes;
+            if !(expired(oldest) || over_size) {
+                break;
+            }
+            let segment = self.segments.remove(&base).expect("present");
+            total -= segment.size as i64;
+            segment.delete_files()?;
+            removed += 1;
+        }
+        let first = *self.segments.keys().next().expect("a log always has a segment");
+        self.log_start_offset = self.log_start_offset.max(first);
+        if removed > 0 {
+            tracing::info!(dir = %self.dir.display(), removed, log_start_offset = self.log_start_offset, "retention deleted segments");
+        }
+        Ok(removed)
+    }
+
+    /// Removes every record at or after `offset` (a batch boundary). Replication uses this to
+    /// cut a follower back to the leader's log; the log never shrinks below its start.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<()> {
+        assert!(offset >= self.log_start_offset, "truncating below the log start {}", self.log_start_offset);
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        let doomed: Vec<i64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
+        for base in doomed {
+            let segment = self.segments.remove(&base).expect("listed above");
+            segment.delete_files()?;
+        }
+        let now_ms = self.clock.now_ms();
+        let interval = self.config.index_interval_bytes;
+        match self.segments.iter_mut().next_back() {
+            None => {
+                self.segments.insert(offset, Segment::create(&self.dir, offset, now_ms)?);
+            }
+            Some((&base, segment)) => {
+                segment.truncate_to(offset)?;
+                // Reopen as the active segment: index writers and the recovered end offset.
+                let reopened = Segment::recover_active(&self.dir, base, interval, now_ms)?;
+                self.segments.insert(base, reopened);
+            }
+        }
+        self.flushed_offset = self.flushed_offset.min(self.log_end_offset());
+        Ok(())
+    }
+
+    /// Flushes and seals the active segment's indexes: the clean-shutdown path.
+    pub fn close(&mut self) -> Result<()> {
+        self.flush()?;
+        self.active_mut().seal()
+    }
+
+    /// Deletes the partition's directory (topic deletion).
+    pub fn delete(self) -> Result<()> {
+        std::fs::remove_dir_all(&self.dir).map_err(|e| StorageError::io(&self.dir, e))
+    }
+}

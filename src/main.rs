@@ -1,0 +1,63 @@
+//! `runnel`: the broker (`runnel serve`) and the command-line client for it.
+
+mod cli;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "runnel", version, about = "Kafka-compatible event streaming with WebAssembly next to the partitions")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker (embedded defaults: data in ./runnel-data, Kafka on 127.0.0.1:9092, admin on 127.0.0.1:9644)
+    Serve(serve::ServeArgs),
+    /// Create, list, describe, delete and configure topics
+    Topic {
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+        #[command(subcommand)]
+        command: cli::TopicCommand,
+    },
+    /// Produce one record per stdin line
+    Produce {
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+        #[command(flatten)]
+        args: cli::ProduceArgs,
+    },
+    /// Consume records and print them
+    Consume {
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+        #[command(flatten)]
+        args: cli::ConsumeArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Topic { connect, command } => runtime.block_on(cli::run_topic(&connect, command)),
+        Command::Produce { connect, args } => runtime.block_on(cli::run_produce(&connect, args)),
+        Command::Consume { connect, args } => runtime.block_on(cli::run_consume(&connect, args)),
+    }
+}
