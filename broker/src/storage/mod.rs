@@ -75,3 +75,6 @@ impl Clock for ManualClock {
 pub(crate) fn segment_file_name(base_offset: i64, extension: &str) -> String {
     format!("{base_offset:020}.{extension}")
 }
+
+#[cfg(test)]
+mod tests;

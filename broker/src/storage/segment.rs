@@ -124,8 +124,10 @@ impl Segment {
         let raw_times = std::fs::read(&time_index_path).unwrap_or_default();
         let (mut times, _) = index::decode_time_index(&raw_times);
 
+        // Start at the last indexed batch: everything before it was written whole before the
+        // index entry was, so a process crash cannot have torn it.
         let mut position = offsets.last().map(|e| u64::from(e.position)).unwrap_or(0);
-        let mut next_offset = base_offset;
+        let mut next_offset = base_offset + offsets.last().map(|e| i64::from(e.relative_offset)).unwrap_or(0);
         let mut max_timestamp = times.last().map(|t| t.timestamp).unwrap_or(i64::MIN);
         let mut bytes_since_index_entry = 0;
         loop {

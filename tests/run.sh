@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Run every test: the Rust unit and integration tests, then the black-box suite in tests/python
+# that starts the real `runnel` binary and talks to it with real Kafka clients (kcat, librdkafka
+# through confluent-kafka, kafka-python).
+#
+#   tests/run.sh                  # everything
+#   tests/run.sh -k kcat          # extra arguments go to pytest
+#
+# Environment:
+#   CARGO_TARGET_DIR        where cargo builds (default: target/ in the repo)
+#   RUNNEL_VENV             the Python venv for the clients (default: ~/.cache/runnel/venv)
+#   RUNNEL_SKIP_RUST_TESTS  set to 1 to skip `cargo test` (quicker loop on the Python suite)
+#   RUNNEL_TEST_SEED        seed for the randomized tests (crash points, hostile bytes)
+#
+# On a fresh Debian machine as root it installs what is missing (kcat, python3-venv) with apt.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# --- System packages ---------------------------------------------------------------------------
+# `apt-get update` runs at most once, and only when something is missing.
+apt_updated=0
+apt_install() {
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing system packages: $*; install them (as root: apt-get install $*)"
+        exit 1
+    fi
+    if [ "$apt_updated" -eq 0 ]; then
+        log "apt-get update"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+    fi
+    log "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+if ! command -v kcat >/dev/null 2>&1; then
+    apt_install kcat
+fi
+
+python_bin="${PYTHON:-python3}"
+if ! command -v "$python_bin" >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+    python_bin=python3
+fi
+if ! "$python_bin" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+
+# --- Python venv with the pinned clients ------------------------------------------------------
+# Lives outside the clone, so a fresh clone reuses it; rebuilt when requirements.txt changes.
+venv="${RUNNEL_VENV:-$HOME/.cache/runnel/venv}"
+requirements="$repo_root/tests/python/requirements.txt"
+wanted_stamp="$("$python_bin" -c 'import sys; print(sys.version)' | head -n1) $(sha256sum "$requirements" | cut -d' ' -f1)"
+stamp_file="$venv/.runnel-requirements"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp_file" 2>/dev/null)" != "$wanted_stamp" ]; then
+    log "creating Python venv at $venv"
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    "$python_bin" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$requirements"
+    printf '%s' "$wanted_stamp" >"$stamp_file"
+fi
+
+# --- Rust: one release build serves the binary and the tests ----------------------------------
+target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
+log "cargo build --release --bins (target: $target_dir)"
+cargo build --release --bins
+if [ "${RUNNEL_SKIP_RUST_TESTS:-0}" != "1" ]; then
+    log "cargo test --workspace --release"
+    cargo test --workspace --release
+fi
+
+runnel_bin="$target_dir/release/runnel"
+if [ ! -x "$runnel_bin" ]; then
+    log "no binary at $runnel_bin after the build"
+    exit 1
+fi
+
+# --- Black-box suite --------------------------------------------------------------------------
+log "pytest tests/python (RUNNEL_BIN=$runnel_bin)"
+export RUNNEL_BIN="$runnel_bin"
+# Keep the clone clean: no __pycache__ or .pytest_cache inside it.
+export PYTHONDONTWRITEBYTECODE=1
+set +e
+"$venv/bin/python" -m pytest "$repo_root/tests/python" -p no:cacheprovider -ra "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+    log "pytest collected no tests: treating as a failure"
+    exit 1
+fi
+exit "$status"
