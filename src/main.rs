@@ -1,7 +1,11 @@
 //! `runnel`: the broker (`runnel serve`) and the command-line client for it.
 
+mod alloc;
 mod cli;
 mod serve;
+
+#[global_allocator]
+static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 use std::process::ExitCode;
 
@@ -39,6 +43,11 @@ enum Command {
         #[command(flatten)]
         args: cli::ConsumeArgs,
     },
+    /// Benchmark a running broker with librdkafka; results are ratios to this machine's ceiling
+    Bench {
+        #[command(subcommand)]
+        command: runnel_bench::BenchCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,11 +62,16 @@ fn main() -> ExitCode {
 }
 
 fn try_main(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve::run(args)),
-        Command::Topic { connect, command } => runtime.block_on(cli::run_topic(&connect, command)),
-        Command::Produce { connect, args } => runtime.block_on(cli::run_produce(&connect, args)),
-        Command::Consume { connect, args } => runtime.block_on(cli::run_consume(&connect, args)),
+        // librdkafka runs its own threads; the benchmark needs no async runtime.
+        Command::Bench { command } => runnel_bench::run(command),
+        Command::Serve(args) => runtime()?.block_on(serve::run(args)),
+        Command::Topic { connect, command } => runtime()?.block_on(cli::run_topic(&connect, command)),
+        Command::Produce { connect, args } => runtime()?.block_on(cli::run_produce(&connect, args)),
+        Command::Consume { connect, args } => runtime()?.block_on(cli::run_consume(&connect, args)),
     }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }

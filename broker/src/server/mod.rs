@@ -46,6 +46,18 @@ impl Listeners {
     }
 }
 
+/// Handles one request frame (without its size prefix) and returns the size-prefixed
+/// response, or `None` when Kafka sends none (acks=0). The socket-free entry point for fuzzing
+/// and tests; an `Err` is what makes a connection close.
+pub async fn respond_to(broker: &Arc<Broker>, frame: bytes::Bytes) -> Result<Option<bytes::Bytes>, crate::protocol::frame::FrameError> {
+    let request = crate::protocol::frame::decode_request(frame)?;
+    Ok(match handlers::dispatch(broker, request).await? {
+        handlers::Reply::Ready(bytes) => Some(bytes),
+        handlers::Reply::Later(future) => Some(future.await),
+        handlers::Reply::None => None,
+    })
+}
+
 /// Binds the configured addresses and serves until `shutdown` resolves.
 pub async fn serve(broker: Arc<Broker>, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let listeners = Listeners::bind(&broker).await?;

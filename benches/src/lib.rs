@@ -1,0 +1,197 @@
+//! `runnel bench`: drives a running Runnel (or any Kafka broker) with librdkafka and reports
+//! throughput and latency as ratios to this machine's ceiling, measured in the same run.
+//!
+//! The ceiling is the same bytes pushed through a raw loopback TCP socket into a file: what a
+//! broker could do if protocol, batching and bookkeeping cost nothing.
+//!
+//! ```text
+//! runnel bench all --records 200000 --record-size 1024 --partitions 6
+//! ```
+
+mod ceiling;
+mod kafka;
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+pub use ceiling::measure_ceiling;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Produce throughput (MB/s, records/s) and its ratio to the ceiling
+    Produce(BenchArgs),
+    /// Consume throughput from the start of a topic and its ratio to the ceiling
+    Consume(BenchArgs),
+    /// End-to-end latency (produce → consume) at a fixed rate: p50/p99/p999
+    E2e(E2eArgs),
+    /// Everything in one run: ceiling, produce acks=1 and acks=all, consume, e2e at half peak
+    All(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Kafka bootstrap address(es)
+    #[arg(long, env = "RUNNEL_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Admin HTTP address (unused by the benchmark; accepted like every other command)
+    #[arg(long, env = "RUNNEL_ADMIN", default_value = "http://127.0.0.1:9644")]
+    pub admin: String,
+    /// Records to send
+    #[arg(long, default_value_t = 200_000)]
+    pub records: u64,
+    /// Bytes of each record value
+    #[arg(long, default_value_t = 1024)]
+    pub record_size: usize,
+    /// Partitions of the benchmark topic (created if missing)
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Producer acks
+    #[arg(long, value_enum, default_value_t = Acks::One)]
+    pub acks: Acks,
+    /// Producer compression
+    #[arg(long, default_value = "none")]
+    pub compression: String,
+    /// Topic to use (default: a fresh one per run)
+    #[arg(long)]
+    pub topic: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct E2eArgs {
+    #[command(flatten)]
+    pub common: BenchArgs,
+    /// Records per second to send; the issue's target is measured at half of peak
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    #[value(name = "0")]
+    Zero,
+    #[value(name = "1")]
+    One,
+    #[value(name = "all")]
+    All,
+}
+
+impl Acks {
+    fn as_config(self) -> &'static str {
+        match self {
+            Acks::Zero => "0",
+            Acks::One => "1",
+            Acks::All => "all",
+        }
+    }
+}
+
+/// One throughput result.
+#[derive(Debug, Clone, Copy)]
+pub struct Throughput {
+    pub bytes: u64,
+    pub records: u64,
+    pub elapsed: Duration,
+}
+
+impl Throughput {
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+    pub fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub count: u64,
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Produce(args) => {
+            let ceiling = report_ceiling(&args)?;
+            let topic = kafka::prepare_topic(&args)?;
+            let result = kafka::produce(&args, &topic, None)?;
+            report("produce", &args, result, ceiling);
+        }
+        BenchCommand::Consume(args) => {
+            let ceiling = report_ceiling(&args)?;
+            let topic = kafka::prepare_topic(&args)?;
+            kafka::produce(&args, &topic, None)?;
+            let result = kafka::consume(&args, &topic)?;
+            report("consume", &args, result, ceiling);
+        }
+        BenchCommand::E2e(args) => {
+            let topic = kafka::prepare_topic(&args.common)?;
+            let latency = kafka::end_to_end(&args.common, &topic, args.rate)?;
+            report_latency(args.rate, latency);
+        }
+        BenchCommand::All(args) => run_all(args)?,
+    }
+    Ok(())
+}
+
+fn run_all(args: BenchArgs) -> anyhow::Result<()> {
+    let ceiling = report_ceiling(&args)?;
+    let acks1 = BenchArgs { acks: Acks::One, topic: None, ..args.clone() };
+    let topic = kafka::prepare_topic(&acks1)?;
+    let produce1 = kafka::produce(&acks1, &topic, None)?;
+    report("produce acks=1", &acks1, produce1, ceiling);
+    let consume = kafka::consume(&acks1, &topic)?;
+    report("consume", &acks1, consume, ceiling);
+    let acks_all = BenchArgs { acks: Acks::All, topic: None, ..args.clone() };
+    let topic_all = kafka::prepare_topic(&acks_all)?;
+    let produce_all = kafka::produce(&acks_all, &topic_all, None)?;
+    report("produce acks=all", &acks_all, produce_all, ceiling);
+    let half_peak = (produce1.records_per_s() / 2.0).max(1.0) as u64;
+    let e2e_args = BenchArgs { acks: Acks::One, topic: None, records: args.records.min(half_peak * 10), ..args.clone() };
+    let topic_e2e = kafka::prepare_topic(&e2e_args)?;
+    let latency = kafka::end_to_end(&e2e_args, &topic_e2e, half_peak)?;
+    report_latency(half_peak, latency);
+    println!();
+    println!("summary ({} records of {} B, {} partitions, compression {}):", args.records, args.record_size, args.partitions, args.compression);
+    println!("  ceiling (loopback TCP → file)   {:>9.1} MB/s", ceiling.mb_per_s());
+    println!("  produce acks=1 / ceiling        {:>9.2}   (target ≥ 0.60)", produce1.mb_per_s() / ceiling.mb_per_s());
+    println!("  produce acks=all / acks=1       {:>9.2}   (target ≥ 0.50)", produce_all.mb_per_s() / produce1.mb_per_s());
+    println!("  consume / ceiling               {:>9.2}   (target ≥ 0.80)", consume.mb_per_s() / ceiling.mb_per_s());
+    println!("  e2e p99 at half peak ({half_peak} rec/s) {:>6.2} ms (target < 5 ms)", latency.p99_us as f64 / 1000.0);
+    Ok(())
+}
+
+fn report_ceiling(args: &BenchArgs) -> anyhow::Result<Throughput> {
+    let ceiling = measure_ceiling(args.records * args.record_size as u64)?;
+    println!("ceiling: {:.1} MB/s through loopback TCP into a file ({} bytes)", ceiling.mb_per_s(), ceiling.bytes);
+    Ok(ceiling)
+}
+
+fn report(name: &str, args: &BenchArgs, result: Throughput, ceiling: Throughput) {
+    println!(
+        "{name}: {:.1} MB/s, {:.0} records/s ({} records of {} B in {:.2} s, acks={}, compression={}) = {:.2} of ceiling",
+        result.mb_per_s(),
+        result.records_per_s(),
+        result.records,
+        args.record_size,
+        result.elapsed.as_secs_f64(),
+        args.acks.as_config(),
+        args.compression,
+        result.mb_per_s() / ceiling.mb_per_s(),
+    );
+}
+
+fn report_latency(rate: u64, latency: Latency) {
+    println!(
+        "e2e at {rate} records/s: p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms over {} records",
+        latency.p50_us as f64 / 1000.0,
+        latency.p99_us as f64 / 1000.0,
+        latency.p999_us as f64 / 1000.0,
+        latency.max_us as f64 / 1000.0,
+        latency.count
+    );
+}

@@ -1,0 +1,73 @@
+//! The process allocator: the system allocator, except that very large requests are served
+//! by `mmap(MAP_NORESERVE)`.
+//!
+//! Why: the `kafka-protocol` codec pre-allocates `Vec::with_capacity(n)` from an array count a
+//! client sends before it checks that `n` elements can follow. With a hostile count the
+//! request can be tens of gigabytes; the system allocator refuses it and Rust aborts the
+//! process. Reserving address space without committing memory lets that allocation succeed
+//! cheaply (no page is touched), the decode then fails on the missing bytes, and the
+//! connection is closed — the broker stays up.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+
+pub(crate) struct Allocator;
+
+/// Requests at least this large go to mmap; below it, the system allocator's usual path.
+const HUGE_BYTES: usize = 1 << 30;
+/// mmap returns page-aligned memory; larger alignments fall back to the system allocator.
+const PAGE_BYTES: usize = 4096;
+
+fn is_huge(layout: &Layout) -> bool {
+    layout.size() >= HUGE_BYTES && layout.align() <= PAGE_BYTES
+}
+
+// SAFETY: every pointer handed out is either from `System` (and returned to it) or from a
+// private anonymous mapping of exactly `layout.size()` bytes (and unmapped with that size);
+// `is_huge` depends only on the layout, which Rust passes unchanged to `dealloc`.
+unsafe impl GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if !is_huge(&layout) {
+            // SAFETY: forwarded with the caller's layout.
+            return unsafe { System.alloc(layout) };
+        }
+        // SAFETY: an anonymous private mapping with no fixed address has no preconditions.
+        let pointer = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                layout.size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if pointer == libc::MAP_FAILED {
+            std::ptr::null_mut()
+        } else {
+            pointer.cast()
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if is_huge(&layout) {
+            // SAFETY: anonymous mappings are zero-filled.
+            unsafe { self.alloc(layout) }
+        } else {
+            // SAFETY: forwarded with the caller's layout.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+        if is_huge(&layout) {
+            // SAFETY: `pointer` came from our mmap of exactly `layout.size()` bytes.
+            unsafe {
+                libc::munmap(pointer.cast(), layout.size());
+            }
+        } else {
+            // SAFETY: `pointer` came from `System` with this layout.
+            unsafe { System.dealloc(pointer, layout) }
+        }
+    }
+}
