@@ -9,12 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
-};
-use kafka_protocol::protocol::{
-    encode_request_header_into_buffer, Decodable, Encodable, Request, StrBytes,
-};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{encode_request_header_into_buffer, Decodable, Encodable, Request, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -89,16 +85,10 @@ impl Client {
             .with_context(|| format!("connecting to {address}"))?;
         // Requests are small and written whole; Nagle would only add latency.
         stream.set_nodelay(true).with_context(|| format!("configuring socket to {address}"))?;
-        let mut client = Client {
-            stream,
-            address: address.to_string(),
-            next_correlation_id: 0,
-            versions: HashMap::new(),
-        };
-        let broker_ranges = client
-            .fetch_api_versions()
-            .await
-            .with_context(|| format!("negotiating API versions with {address}"))?;
+        let mut client =
+            Client { stream, address: address.to_string(), next_correlation_id: 0, versions: HashMap::new() };
+        let broker_ranges =
+            client.fetch_api_versions().await.with_context(|| format!("negotiating API versions with {address}"))?;
         client.versions = negotiate(&broker_ranges);
         Ok(client)
     }
@@ -184,7 +174,8 @@ impl Client {
         ensure!(body.len() >= 2, "ApiVersions response is only {} bytes", body.len());
         let error_code = i16::from_be_bytes([body[0], body[1]]);
         let decode_version = if error_code == UNSUPPORTED_VERSION { 0 } else { API_VERSIONS_VERSION_MAX };
-        let response = ApiVersionsResponse::decode(&mut body, decode_version).context("decoding ApiVersions response")?;
+        let response =
+            ApiVersionsResponse::decode(&mut body, decode_version).context("decoding ApiVersions response")?;
         if response.error_code != 0 && response.error_code != UNSUPPORTED_VERSION {
             bail!("ApiVersions failed: {}", super::error::describe(response.error_code, None));
         }
@@ -207,12 +198,8 @@ impl Client {
 
 /// Splits `host:port,host:port` into addresses, rejecting empty entries.
 pub(crate) fn parse_broker_list(brokers: &str) -> Result<Vec<String>> {
-    let addresses: Vec<String> = brokers
-        .split(',')
-        .map(str::trim)
-        .filter(|address| !address.is_empty())
-        .map(str::to_string)
-        .collect();
+    let addresses: Vec<String> =
+        brokers.split(',').map(str::trim).filter(|address| !address.is_empty()).map(str::to_string).collect();
     ensure!(!addresses.is_empty(), "no broker address given (--brokers or RUNNEL_BROKERS)");
     for address in &addresses {
         ensure!(
@@ -308,13 +295,76 @@ mod tests {
 
     #[test]
     fn broker_list_is_split_and_validated() {
-        assert_eq!(
-            parse_broker_list(" a:1, b:2 ,").expect("valid list"),
-            vec!["a:1".to_string(), "b:2".to_string()]
-        );
+        assert_eq!(parse_broker_list(" a:1, b:2 ,").expect("valid list"), vec!["a:1".to_string(), "b:2".to_string()]);
         assert!(parse_broker_list("").is_err());
         assert!(parse_broker_list("localhost").is_err());
         assert!(parse_broker_list("localhost:notaport").is_err());
+    }
+
+    /// A one-connection fake broker: answers the first request with `respond(correlation_id)`.
+    async fn fake_broker(respond: impl FnOnce(i32) -> BytesMut + Send + 'static) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut size = [0u8; 4];
+            socket.read_exact(&mut size).await.expect("size");
+            let mut request = vec![0u8; usize::try_from(i32::from_be_bytes(size)).expect("size")];
+            socket.read_exact(&mut request).await.expect("request");
+            let correlation_id = i32::from_be_bytes([request[4], request[5], request[6], request[7]]);
+            let body = respond(correlation_id);
+            let mut frame = BytesMut::new();
+            frame.put_i32(i32::try_from(body.len()).expect("small"));
+            frame.extend_from_slice(&body);
+            socket.write_all(&frame).await.expect("write");
+            // Keep the socket open until the client is done with it.
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+        });
+        address
+    }
+
+    fn api_versions_v0_reply(correlation_id: i32, error_code: i16) -> BytesMut {
+        use kafka_protocol::messages::api_versions_response::ApiVersion;
+        let mut body = BytesMut::new();
+        let mut header = ResponseHeader::default();
+        header.correlation_id = correlation_id;
+        header.encode(&mut body, 0).expect("header");
+        let mut response = ApiVersionsResponse::default();
+        response.error_code = error_code;
+        let mut metadata = ApiVersion::default();
+        metadata.api_key = ApiKey::Metadata as i16;
+        metadata.min_version = 0;
+        metadata.max_version = 7;
+        response.api_keys = vec![metadata];
+        response.encode(&mut body, 0).expect("body");
+        body
+    }
+
+    #[tokio::test]
+    async fn an_old_broker_answering_unsupported_version_in_v0_is_understood() {
+        let address = fake_broker(|correlation_id| api_versions_v0_reply(correlation_id, UNSUPPORTED_VERSION)).await;
+        let client = Client::connect(&address).await.expect("negotiates from the v0 fallback body");
+        assert_eq!(client.version(ApiKey::Metadata).expect("metadata usable"), 7);
+        let missing = client.version(ApiKey::Fetch).expect_err("fetch not advertised");
+        assert!(format!("{missing:#}").contains(&address), "{missing:#}");
+    }
+
+    #[tokio::test]
+    async fn a_mismatched_correlation_id_is_an_error() {
+        let address = fake_broker(|correlation_id| api_versions_v0_reply(correlation_id + 1, 0)).await;
+        let error = Client::connect(&address).await.err().expect("must fail");
+        assert!(format!("{error:#}").contains("correlation id"), "{error:#}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_names_the_address() {
+        // Bind then drop to get a port that is (almost certainly) closed.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        drop(listener);
+        let error = Client::connect_any(&address).await.err().expect("must fail");
+        assert!(format!("{error:#}").contains(&address), "{error:#}");
     }
 
     #[test]

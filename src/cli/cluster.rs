@@ -1,6 +1,7 @@
 //! The cluster as the CLI sees it: a bootstrap connection, topic metadata, and a connection
 //! to each partition leader (opened lazily, reused for the rest of the command).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -132,13 +133,15 @@ impl Cluster {
         if self.brokers.len() <= 1 || address == self.bootstrap.address() {
             return Ok(&mut self.bootstrap);
         }
-        if !self.connections.contains_key(&node_id) {
-            let client = Client::connect(&address)
-                .await
-                .with_context(|| format!("connecting to leader node {node_id}"))?;
-            self.connections.insert(node_id, client);
-        }
-        self.connections.get_mut(&node_id).with_context(|| format!("connection to node {node_id} vanished"))
+        let client = match self.connections.entry(node_id) {
+            Entry::Occupied(open) => open.into_mut(),
+            Entry::Vacant(slot) => {
+                let client =
+                    Client::connect(&address).await.with_context(|| format!("connecting to leader node {node_id}"))?;
+                slot.insert(client)
+            }
+        };
+        Ok(client)
     }
 
     /// Closes every connection gracefully (flushes fire-and-forget produce requests).
