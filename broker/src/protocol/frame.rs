@@ -86,7 +86,10 @@ pub fn encode_response<R: Encodable + HeaderVersion>(
     let mut header = ResponseHeader::default();
     header.correlation_id = correlation_id;
     let header_version = R::header_version(version);
-    let mut buf = BytesMut::with_capacity(64);
+    // Sized up front: fetch responses carry megabytes of records, and growing the buffer by
+    // doubling would copy them again on every step.
+    let body_bytes = response.compute_size(version).map_err(encode_error)?;
+    let mut buf = BytesMut::with_capacity(4 + 16 + body_bytes);
     buf.put_i32(0);
     header.encode(&mut buf, header_version).map_err(encode_error)?;
     response.encode(&mut buf, version).map_err(encode_error)?;

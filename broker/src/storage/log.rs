@@ -35,8 +35,11 @@ pub struct FetchSlice {
 impl FetchSlice {
     /// Reads the slice and trims a trailing partial batch, so clients receive whole batches.
     pub fn read(&self) -> Result<Bytes> {
-        let mut buf = BytesMut::zeroed(self.bytes);
-        self.file.read_exact_at(&mut buf, self.position).map_err(|e| StorageError::io(&self.path, e))?;
+        let mut buf = self.read_uninitialized().unwrap_or_else(|| BytesMut::zeroed(self.bytes));
+        if buf.len() != self.bytes {
+            buf = BytesMut::zeroed(self.bytes);
+            self.file.read_exact_at(&mut buf, self.position).map_err(|e| StorageError::io(&self.path, e))?;
+        }
         let mut whole = 0;
         while let Some(len) = peek_batch_bytes(&buf[whole..]) {
             if whole + len > buf.len() {
@@ -47,6 +50,20 @@ impl FetchSlice {
         debug_assert!(whole >= self.first_batch_bytes.min(self.bytes));
         buf.truncate(whole);
         Ok(buf.freeze())
+    }
+}
+
+impl FetchSlice {
+    /// Reads through a fresh descriptor of the segment, into capacity that is never zeroed
+    /// first (zeroing megabytes per fetch showed up in profiles). `None` if the segment is
+    /// gone (retention deleted it since); the caller then reads through its open handle.
+    fn read_uninitialized(&self) -> Option<BytesMut> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = File::open(&self.path).ok()?;
+        file.seek(SeekFrom::Start(self.position)).ok()?;
+        let mut buf = Vec::with_capacity(self.bytes);
+        file.take(self.bytes as u64).read_to_end(&mut buf).ok()?;
+        Some(BytesMut::from(Bytes::from(buf)))
     }
 }
 
