@@ -134,7 +134,7 @@ impl MetadataImage {
 }
 
 fn check_partitions(count: i32) -> Result<(), MetadataError> {
-    if count < 1 || count > PARTITIONS_PER_TOPIC_MAX {
+    if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&count) {
         return Err(MetadataError::InvalidPartitions { count, reason: format!("must be between 1 and {PARTITIONS_PER_TOPIC_MAX}") });
     }
     Ok(())

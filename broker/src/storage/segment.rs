@@ -130,19 +130,14 @@ impl Segment {
         let mut next_offset = base_offset + offsets.last().map(|e| i64::from(e.relative_offset)).unwrap_or(0);
         let mut max_timestamp = times.last().map(|t| t.timestamp).unwrap_or(i64::MIN);
         let mut bytes_since_index_entry = 0;
-        loop {
-            match read_valid_batch(&log, position, file_bytes) {
-                Some(header) => {
-                    if header.base_offset < next_offset {
-                        break; // offsets must increase; anything else is damage
-                    }
-                    next_offset = header.next_offset();
-                    max_timestamp = max_timestamp.max(header.max_timestamp);
-                    position += header.total_bytes() as u64;
-                    bytes_since_index_entry += header.total_bytes() as u64;
-                }
-                None => break,
+        while let Some(header) = read_valid_batch(&log, position, file_bytes) {
+            if header.base_offset < next_offset {
+                break; // offsets must increase; anything else is damage
             }
+            next_offset = header.next_offset();
+            max_timestamp = max_timestamp.max(header.max_timestamp);
+            position += header.total_bytes() as u64;
+            bytes_since_index_entry += header.total_bytes() as u64;
         }
         if position < file_bytes {
             tracing::warn!(path = %log_path.display(), valid_bytes = position, file_bytes, "truncating torn tail of active segment");
