@@ -151,15 +151,22 @@ fn run_all(args: BenchArgs) -> anyhow::Result<()> {
     let produce_all = kafka::produce(&acks_all, &topic_all, None)?;
     report("produce acks=all", &acks_all, produce_all, ceiling);
     let half_peak = (produce1.records_per_s() / 2.0).max(1.0) as u64;
-    let e2e_args = BenchArgs { acks: Acks::One, topic: None, records: args.records.min(half_peak * 10), ..args.clone() };
+    let e2e_args =
+        BenchArgs { acks: Acks::One, topic: None, records: args.records.min(half_peak * 10), ..args.clone() };
     let topic_e2e = kafka::prepare_topic(&e2e_args)?;
     let latency = kafka::end_to_end(&e2e_args, &topic_e2e, half_peak)?;
     report_latency(half_peak, latency);
     println!();
-    println!("summary ({} records of {} B, {} partitions, compression {}):", args.records, args.record_size, args.partitions, args.compression);
+    println!(
+        "summary ({} records of {} B, {} partitions, compression {}):",
+        args.records, args.record_size, args.partitions, args.compression
+    );
     println!("  ceiling (loopback TCP → file)   {:>9.1} MB/s", ceiling.mb_per_s());
     println!("  produce acks=1 / ceiling        {:>9.2}   (target ≥ 0.60)", produce1.mb_per_s() / ceiling.mb_per_s());
-    println!("  produce acks=all / acks=1       {:>9.2}   (target ≥ 0.50)", produce_all.mb_per_s() / produce1.mb_per_s());
+    println!(
+        "  produce acks=all / acks=1       {:>9.2}   (target ≥ 0.50)",
+        produce_all.mb_per_s() / produce1.mb_per_s()
+    );
     println!("  consume / ceiling               {:>9.2}   (target ≥ 0.80)", consume.mb_per_s() / ceiling.mb_per_s());
     println!("  e2e p99 at half peak ({half_peak} rec/s) {:>6.2} ms (target < 5 ms)", latency.p99_us as f64 / 1000.0);
     Ok(())

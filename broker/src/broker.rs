@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::BrokerConfig;
-use crate::metadata::{LocalMetadataStore, MetadataCommand, MetadataError, MetadataImage, MetadataStore, TopicMetadata};
+use crate::metadata::{
+    LocalMetadataStore, MetadataCommand, MetadataError, MetadataImage, MetadataStore, TopicMetadata,
+};
 use crate::metrics::Metrics;
 use crate::storage::{Clock, PartitionLog, StorageError, SystemClock};
 

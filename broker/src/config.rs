@@ -21,8 +21,12 @@ pub enum ConfigError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Long { min: i64 },
-    Int { min: i64 },
+    Long {
+        min: i64,
+    },
+    Int {
+        min: i64,
+    },
     Double,
     Bool,
     /// One of a fixed list; `cleanup.policy` takes a comma list of these.
@@ -44,7 +48,12 @@ const LONG_MAX: &str = "9223372036854775807";
 /// All topic configs Runnel knows, in the order DescribeConfigs lists them.
 pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     def("cleanup.policy", "log.cleanup.policy", "delete", Kind::CleanupPolicy),
-    def("compression.type", "compression.type", "producer", Kind::Choice(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"])),
+    def(
+        "compression.type",
+        "compression.type",
+        "producer",
+        Kind::Choice(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]),
+    ),
     def("delete.retention.ms", "log.cleaner.delete.retention.ms", "86400000", Kind::Long { min: 0 }),
     def("file.delete.delay.ms", "log.segment.delete.delay.ms", "60000", Kind::Long { min: 0 }),
     def("flush.messages", "log.flush.interval.messages", LONG_MAX, Kind::Long { min: 1 }),
@@ -209,8 +218,9 @@ impl BrokerConfig {
     /// names, so both `"log.segment.bytes" = 1` and `[log] segment.bytes = 1` work.
     pub fn apply_file(&mut self, path: &std::path::Path) -> Result<(), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         let mut flat = BTreeMap::new();
         flatten("", &toml::Value::Table(table), &mut flat);
         for (key, value) in flat {
@@ -229,18 +239,34 @@ impl BrokerConfig {
         match key {
             "node.id" | "broker.id" => self.node_id = value.parse().map_err(|_| invalid("not an integer"))?,
             "log.dirs" | "log.dir" | "data.dir" => self.data_dir = PathBuf::from(value),
-            "listeners" | "listen" => self.listen = parse_listener(value).ok_or_else(|| invalid("expected host:port"))?,
-            "advertised.listeners" | "advertised.listener" => self.advertised_listener = Some(strip_scheme(value).to_string()),
+            "listeners" | "listen" => {
+                self.listen = parse_listener(value).ok_or_else(|| invalid("expected host:port"))?
+            }
+            "advertised.listeners" | "advertised.listener" => {
+                self.advertised_listener = Some(strip_scheme(value).to_string())
+            }
             "admin.listen" => self.admin_listen = parse_listener(value).ok_or_else(|| invalid("expected host:port"))?,
             "num.partitions" => {
-                self.num_partitions = value.parse().ok().filter(|n: &i32| *n > 0).ok_or_else(|| invalid("must be a positive integer"))?
+                self.num_partitions =
+                    value.parse().ok().filter(|n: &i32| *n > 0).ok_or_else(|| invalid("must be a positive integer"))?
             }
-            "auto.create.topics.enable" => self.auto_create_topics = value.parse().map_err(|_| invalid("must be true or false"))?,
-            "socket.request.max.bytes" => self.socket_request_max_bytes = parse_positive(value).ok_or_else(|| invalid("must be a positive integer"))?,
-            "queued.max.request.bytes" => self.queued_max_request_bytes = parse_positive(value).ok_or_else(|| invalid("must be a positive integer"))?,
-            "max.connections" => self.max_connections = parse_positive(value).ok_or_else(|| invalid("must be a positive integer"))?,
+            "auto.create.topics.enable" => {
+                self.auto_create_topics = value.parse().map_err(|_| invalid("must be true or false"))?
+            }
+            "socket.request.max.bytes" => {
+                self.socket_request_max_bytes =
+                    parse_positive(value).ok_or_else(|| invalid("must be a positive integer"))?
+            }
+            "queued.max.request.bytes" => {
+                self.queued_max_request_bytes =
+                    parse_positive(value).ok_or_else(|| invalid("must be a positive integer"))?
+            }
+            "max.connections" => {
+                self.max_connections = parse_positive(value).ok_or_else(|| invalid("must be a positive integer"))?
+            }
             "log.retention.check.interval.ms" => {
-                self.retention_check_interval_ms = parse_positive(value).ok_or_else(|| invalid("must be a positive integer"))? as u64
+                self.retention_check_interval_ms =
+                    parse_positive(value).ok_or_else(|| invalid("must be a positive integer"))? as u64
             }
             _ => {
                 let def = TOPIC_CONFIGS
@@ -294,7 +320,9 @@ impl BrokerConfig {
     pub fn advertised(&self) -> (String, i32) {
         let text = self.advertised_listener.clone().unwrap_or_else(|| self.listen.to_string());
         match text.rsplit_once(':') {
-            Some((host, port)) => (host.trim_matches(|c| c == '[' || c == ']').to_string(), port.parse().unwrap_or(9092)),
+            Some((host, port)) => {
+                (host.trim_matches(|c| c == '[' || c == ']').to_string(), port.parse().unwrap_or(9092))
+            }
             None => (text, 9092),
         }
     }

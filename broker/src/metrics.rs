@@ -35,21 +35,36 @@ impl Metrics {
         let mut registry = Registry::with_prefix("runnel");
         let requests = Family::<ApiLabels, Counter>::default();
         let request_errors = Family::<ApiLabels, Counter>::default();
-        let request_seconds = Family::<ApiLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let request_seconds =
+            Family::<ApiLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let bytes_in = Counter::default();
         let bytes_out = Counter::default();
         let connections = Gauge::default();
         let partitions = Gauge::default();
         let log_size_bytes = Gauge::default();
         registry.register("kafka_requests", "Kafka requests handled, by API", requests.clone());
-        registry.register("kafka_request_errors", "Kafka requests that failed or were refused, by API", request_errors.clone());
+        registry.register(
+            "kafka_request_errors",
+            "Kafka requests that failed or were refused, by API",
+            request_errors.clone(),
+        );
         registry.register("kafka_request_duration_seconds", "Kafka request latency, by API", request_seconds.clone());
         registry.register("kafka_bytes_in", "Bytes of Kafka requests received", bytes_in.clone());
         registry.register("kafka_bytes_out", "Bytes of Kafka responses sent", bytes_out.clone());
         registry.register("kafka_connections", "Open Kafka client connections", connections.clone());
         registry.register("partitions", "Partitions hosted by this broker", partitions.clone());
         registry.register("log_size_bytes", "Bytes of log segments on disk", log_size_bytes.clone());
-        Metrics { registry, requests, request_errors, request_seconds, bytes_in, bytes_out, connections, partitions, log_size_bytes }
+        Metrics {
+            registry,
+            requests,
+            request_errors,
+            request_seconds,
+            bytes_in,
+            bytes_out,
+            connections,
+            partitions,
+            log_size_bytes,
+        }
     }
 
     pub(crate) fn render(&self) -> String {

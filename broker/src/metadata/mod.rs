@@ -96,18 +96,18 @@ impl MetadataImage {
                 }
                 check_partitions(*partitions)?;
                 validate_topic_configs(configs)?;
-                let topic_id = uuid::Uuid::parse_str(topic_id).map_err(|_| MetadataError::InvalidTopicName {
-                    name: name.clone(),
-                    reason: "bad topic id",
-                })?;
-                let topic = TopicMetadata { name: name.clone(), topic_id, partitions: *partitions, configs: configs.clone() };
+                let topic_id = uuid::Uuid::parse_str(topic_id)
+                    .map_err(|_| MetadataError::InvalidTopicName { name: name.clone(), reason: "bad topic id" })?;
+                let topic =
+                    TopicMetadata { name: name.clone(), topic_id, partitions: *partitions, configs: configs.clone() };
                 self.topics.insert(name.clone(), topic);
             }
             MetadataCommand::DeleteTopic { name } => {
                 self.topics.remove(name).ok_or_else(|| MetadataError::UnknownTopic { name: name.clone() })?;
             }
             MetadataCommand::CreatePartitions { name, total } => {
-                let topic = self.topics.get_mut(name).ok_or_else(|| MetadataError::UnknownTopic { name: name.clone() })?;
+                let topic =
+                    self.topics.get_mut(name).ok_or_else(|| MetadataError::UnknownTopic { name: name.clone() })?;
                 check_partitions(*total)?;
                 if *total <= topic.partitions {
                     return Err(MetadataError::InvalidPartitions {
@@ -118,7 +118,8 @@ impl MetadataImage {
                 topic.partitions = *total;
             }
             MetadataCommand::AlterTopicConfig { name, set, delete } => {
-                let topic = self.topics.get_mut(name).ok_or_else(|| MetadataError::UnknownTopic { name: name.clone() })?;
+                let topic =
+                    self.topics.get_mut(name).ok_or_else(|| MetadataError::UnknownTopic { name: name.clone() })?;
                 validate_topic_configs(set)?;
                 let mut configs = topic.configs.clone();
                 for key in delete {
@@ -135,7 +136,10 @@ impl MetadataImage {
 
 fn check_partitions(count: i32) -> Result<(), MetadataError> {
     if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&count) {
-        return Err(MetadataError::InvalidPartitions { count, reason: format!("must be between 1 and {PARTITIONS_PER_TOPIC_MAX}") });
+        return Err(MetadataError::InvalidPartitions {
+            count,
+            reason: format!("must be between 1 and {PARTITIONS_PER_TOPIC_MAX}"),
+        });
     }
     Ok(())
 }
@@ -175,7 +179,8 @@ impl LocalMetadataStore {
         let lines: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
         for (number, line) in lines.iter().enumerate() {
             let is_last = number + 1 == lines.len();
-            let parsed = if line.ends_with(b"\n") { serde_json::from_slice::<MetadataCommand>(line).ok() } else { None };
+            let parsed =
+                if line.ends_with(b"\n") { serde_json::from_slice::<MetadataCommand>(line).ok() } else { None };
             match parsed {
                 Some(command) => {
                     image.apply(&command).map_err(|e| MetadataError::Corrupt {
@@ -190,7 +195,11 @@ impl LocalMetadataStore {
                     break;
                 }
                 None => {
-                    return Err(MetadataError::Corrupt { path, line: number + 1, message: "not a metadata command".into() });
+                    return Err(MetadataError::Corrupt {
+                        path,
+                        line: number + 1,
+                        message: "not a metadata command".into(),
+                    });
                 }
             }
         }

@@ -19,7 +19,12 @@ struct AdminState {
     ready: Arc<AtomicBool>,
 }
 
-pub(super) async fn run(broker: Arc<Broker>, listener: TcpListener, ready: Arc<AtomicBool>, mut stop: watch::Receiver<bool>) {
+pub(super) async fn run(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    ready: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let app = Router::new()
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))

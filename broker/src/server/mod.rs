@@ -40,8 +40,10 @@ impl Listeners {
     pub async fn bind(broker: &Broker) -> Result<Listeners, ServerError> {
         let kafka_addr = broker.config.listen;
         let admin_addr = broker.config.admin_listen;
-        let kafka = TcpListener::bind(kafka_addr).await.map_err(|source| ServerError::Bind { addr: kafka_addr, source })?;
-        let admin = TcpListener::bind(admin_addr).await.map_err(|source| ServerError::Bind { addr: admin_addr, source })?;
+        let kafka =
+            TcpListener::bind(kafka_addr).await.map_err(|source| ServerError::Bind { addr: kafka_addr, source })?;
+        let admin =
+            TcpListener::bind(admin_addr).await.map_err(|source| ServerError::Bind { addr: admin_addr, source })?;
         Ok(Listeners { kafka, admin })
     }
 }
@@ -49,7 +51,10 @@ impl Listeners {
 /// Handles one request frame (without its size prefix) and returns the size-prefixed
 /// response, or `None` when Kafka sends none (acks=0). The socket-free entry point for fuzzing
 /// and tests; an `Err` is what makes a connection close.
-pub async fn respond_to(broker: &Arc<Broker>, frame: bytes::Bytes) -> Result<Option<bytes::Bytes>, crate::protocol::frame::FrameError> {
+pub async fn respond_to(
+    broker: &Arc<Broker>,
+    frame: bytes::Bytes,
+) -> Result<Option<bytes::Bytes>, crate::protocol::frame::FrameError> {
     let request = crate::protocol::frame::decode_request(frame)?;
     Ok(match handlers::dispatch(broker, request).await? {
         handlers::Reply::Ready(bytes) => Some(bytes),
@@ -64,10 +69,15 @@ pub async fn serve(broker: Arc<Broker>, shutdown: impl Future<Output = ()>) -> R
     serve_on(broker, listeners, shutdown).await
 }
 
-pub async fn serve_on(broker: Arc<Broker>, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn serve_on(
+    broker: Arc<Broker>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let admin = tokio::spawn(admin_http::run(Arc::clone(&broker), listeners.admin, Arc::clone(&ready), stop_rx.clone()));
+    let admin =
+        tokio::spawn(admin_http::run(Arc::clone(&broker), listeners.admin, Arc::clone(&ready), stop_rx.clone()));
     let background = tokio::spawn(background_tasks(Arc::clone(&broker), stop_rx.clone()));
 
     let connections = Arc::new(Semaphore::new(broker.config.max_connections));

@@ -102,10 +102,8 @@ mod tests {
 
     #[test]
     fn valid_index_round_trips() {
-        let entries = vec![
-            OffsetEntry { relative_offset: 3, position: 100 },
-            OffsetEntry { relative_offset: 9, position: 5000 },
-        ];
+        let entries =
+            vec![OffsetEntry { relative_offset: 3, position: 100 }, OffsetEntry { relative_offset: 9, position: 5000 }];
         let (decoded, whole) = decode_offset_index(&encode_all(&entries), 6000);
         assert!(whole);
         assert_eq!(decoded, entries);
@@ -116,10 +114,8 @@ mod tests {
 
     #[test]
     fn torn_or_out_of_bounds_entries_are_dropped() {
-        let entries = vec![
-            OffsetEntry { relative_offset: 3, position: 100 },
-            OffsetEntry { relative_offset: 9, position: 5000 },
-        ];
+        let entries =
+            vec![OffsetEntry { relative_offset: 3, position: 100 }, OffsetEntry { relative_offset: 9, position: 5000 }];
         let mut bytes = encode_all(&entries);
         bytes.extend_from_slice(&[1, 2, 3]);
         let (decoded, whole) = decode_offset_index(&bytes, 6000);
@@ -132,10 +128,8 @@ mod tests {
 
     #[test]
     fn time_lookup_finds_the_last_entry_strictly_older() {
-        let entries = vec![
-            TimeEntry { timestamp: 10, relative_offset: 1 },
-            TimeEntry { timestamp: 20, relative_offset: 5 },
-        ];
+        let entries =
+            vec![TimeEntry { timestamp: 10, relative_offset: 1 }, TimeEntry { timestamp: 20, relative_offset: 5 }];
         assert_eq!(last_before_timestamp(&entries, 10), None);
         assert_eq!(last_before_timestamp(&entries, 15), Some(entries[0]));
         assert_eq!(last_before_timestamp(&entries, 99), Some(entries[1]));

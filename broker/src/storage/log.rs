@@ -194,7 +194,9 @@ impl PartitionLog {
         }
         let batches = split_batches(payload)?;
         if batches.is_empty() {
-            return Err(StorageError::InvalidBatch(crate::protocol::batch::BatchError::Invalid { reason: "no record batch" }));
+            return Err(StorageError::InvalidBatch(crate::protocol::batch::BatchError::Invalid {
+                reason: "no record batch",
+            }));
         }
         let mut stamped = BytesMut::from(payload);
         let base_offset = self.log_end_offset();
@@ -242,7 +244,11 @@ impl PartitionLog {
     pub fn read(&mut self, offset: i64, max_bytes: usize) -> Result<Option<FetchSlice>> {
         let end = self.log_end_offset();
         if offset < self.log_start_offset || offset > end {
-            return Err(StorageError::OffsetOutOfRange { offset, log_start_offset: self.log_start_offset, log_end_offset: end });
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: end,
+            });
         }
         let starts: Vec<i64> = self.segments.range(..=offset).next_back().map(|(b, _)| *b).into_iter().collect();
         let first = starts.first().copied().unwrap_or(self.log_start_offset);
@@ -340,7 +346,8 @@ impl PartitionLog {
         let mut removed = 0;
         while self.segments.len() > 1 {
             let (&base, oldest) = self.segments.iter().next().expect("checked non-empty");
-            let over_size = self.config.retention_bytes >= 0 && total - oldest.size as i64 >= self.config.retention_bytes;
+            let over_size =
+                self.config.retention_bytes >= 0 && total - oldest.size as i64 >= self.config.retention_bytes;
             if !(expired(oldest) || over_size) {
                 break;
             }

@@ -115,7 +115,12 @@ impl Segment {
     /// Opens the active (last) segment after a restart: trusts the index up to its last valid
     /// entry, then walks and CRC-checks every batch after it, truncating a torn tail. The walk
     /// covers at most `index.interval.bytes` plus one batch, so it does not grow with the log.
-    pub(crate) fn recover_active(dir: &Path, base_offset: i64, index_interval_bytes: u64, now_ms: i64) -> Result<Segment> {
+    pub(crate) fn recover_active(
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        now_ms: i64,
+    ) -> Result<Segment> {
         let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset);
         let log = open_append(&log_path)?;
         let file_bytes = log.metadata().map_err(|e| StorageError::io(&log_path, e))?.len();
@@ -254,7 +259,8 @@ impl Segment {
             return Ok(None);
         }
         let relative = (offset - self.base_offset).max(0) as u32;
-        let mut position = index::floor_offset(self.offset_index(), relative).map(|e| u64::from(e.position)).unwrap_or(0);
+        let mut position =
+            index::floor_offset(self.offset_index(), relative).map(|e| u64::from(e.position)).unwrap_or(0);
         while position < self.size {
             let header = self.read_header(position)?;
             if header.last_offset() >= offset {

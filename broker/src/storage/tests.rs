@@ -129,7 +129,10 @@ fn recovery_truncates_torn_tails_at_seeded_points() {
             // Recovery trusts what lies before the last index entry (a process crash cannot
             // tear it; see docs/STORAGE.md), so damage goes after that entry.
             let index = std::fs::read(dir.path().join(segment_file_name(0, "index"))).unwrap_or_default();
-            let indexed_from = index.len().checked_sub(4).map(|i| u32::from_be_bytes([index[i], index[i + 1], index[i + 2], index[i + 3]]) as u64);
+            let indexed_from = index
+                .len()
+                .checked_sub(4)
+                .map(|i| u32::from_be_bytes([index[i], index[i + 1], index[i + 2], index[i + 3]]) as u64);
             let floor = indexed_from.filter(|p| *p < cut).unwrap_or(0);
             let at = cut.saturating_sub(1 + rng.below(8)).max(floor);
             let mut byte = [0u8; 1];

@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{
-    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, TopicName,
+    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, TopicName,
 };
 use kafka_protocol::ResponseError;
 
@@ -41,7 +41,8 @@ pub(super) fn create_topics(broker: &Arc<Broker>, request: &RequestFrame) -> Res
                         result.configs = Some(topic_configs(broker, &created.configs));
                     }
                 } else if body.validate_only {
-                    result.num_partitions = if topic.num_partitions == -1 { broker.config.num_partitions } else { topic.num_partitions };
+                    result.num_partitions =
+                        if topic.num_partitions == -1 { broker.config.num_partitions } else { topic.num_partitions };
                     result.replication_factor = 1;
                 }
             }
@@ -69,7 +70,10 @@ fn create_one(
     }
     let partitions = if !topic.assignments.is_empty() {
         if topic.num_partitions != -1 {
-            return Err((ResponseError::InvalidRequest.code(), "give either num_partitions or assignments, not both".into()));
+            return Err((
+                ResponseError::InvalidRequest.code(),
+                "give either num_partitions or assignments, not both".into(),
+            ));
         }
         topic.assignments.len() as i32
     } else if topic.num_partitions == -1 {
@@ -80,7 +84,10 @@ fn create_one(
     let mut configs = BTreeMap::new();
     for config in &topic.configs {
         let Some(value) = &config.value else {
-            return Err((ResponseError::InvalidConfig.code(), format!("config {} has a null value", config.name.as_str())));
+            return Err((
+                ResponseError::InvalidConfig.code(),
+                format!("config {} has a null value", config.name.as_str()),
+            ));
         };
         configs.insert(config.name.to_string(), value.to_string());
     }
@@ -224,7 +231,8 @@ mod tests {
     #[tokio::test]
     async fn create_reports_each_refusal_with_its_code() {
         let (_dir, broker) = broker();
-        let ok: CreateTopicsResponse = call(&broker, ApiKey::CreateTopics, 7, &create("a", 3, &[("retention.ms", "1000")])).await;
+        let ok: CreateTopicsResponse =
+            call(&broker, ApiKey::CreateTopics, 7, &create("a", 3, &[("retention.ms", "1000")])).await;
         assert_eq!(ok.topics[0].error_code, 0);
         assert_eq!(ok.topics[0].num_partitions, 3);
         assert_eq!(broker.topic("a").expect("created").configs["retention.ms"], "1000");

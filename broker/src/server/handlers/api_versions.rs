@@ -42,9 +42,11 @@ mod tests {
     async fn lists_every_served_api_at_each_version() {
         let (_dir, broker) = broker();
         for version in 0..=3 {
-            let response: ApiVersionsResponse = call(&broker, ApiKey::ApiVersions, version, &ApiVersionsRequest::default()).await;
+            let response: ApiVersionsResponse =
+                call(&broker, ApiKey::ApiVersions, version, &ApiVersionsRequest::default()).await;
             assert_eq!(response.error_code, 0);
-            let produce = response.api_keys.iter().find(|k| k.api_key == ApiKey::Produce as i16).expect("produce listed");
+            let produce =
+                response.api_keys.iter().find(|k| k.api_key == ApiKey::Produce as i16).expect("produce listed");
             assert_eq!(produce.min_version, 0, "produce advertised from v0 so librdkafka keeps compression");
             assert_eq!(response.api_keys.len(), SUPPORTED.len());
         }

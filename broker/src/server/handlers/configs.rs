@@ -3,12 +3,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym};
-use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse as AlterResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse,
+    AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
 use kafka_protocol::ResponseError;
 
@@ -33,7 +35,9 @@ pub(super) fn describe(broker: &Arc<Broker>, request: &RequestFrame) -> Result<R
         result.resource_type = resource.resource_type;
         result.resource_name = resource.resource_name.clone();
         let name = resource.resource_name.to_string();
-        let wanted = |config: &str| resource.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k.as_str() == config));
+        let wanted = |config: &str| {
+            resource.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k.as_str() == config))
+        };
         match resource.resource_type {
             RESOURCE_TOPIC => match broker.topic(&name) {
                 Some(topic) => {
@@ -117,10 +121,25 @@ fn broker_entries(broker: &Broker) -> Vec<(String, String, ConfigSource, i8)> {
     let mut entries = vec![
         ("num.partitions".to_string(), config.num_partitions.to_string(), ConfigSource::StaticBroker, 3),
         ("auto.create.topics.enable".to_string(), config.auto_create_topics.to_string(), ConfigSource::StaticBroker, 1),
-        ("socket.request.max.bytes".to_string(), config.socket_request_max_bytes.to_string(), ConfigSource::StaticBroker, 3),
-        ("queued.max.request.bytes".to_string(), config.queued_max_request_bytes.to_string(), ConfigSource::StaticBroker, 5),
+        (
+            "socket.request.max.bytes".to_string(),
+            config.socket_request_max_bytes.to_string(),
+            ConfigSource::StaticBroker,
+            3,
+        ),
+        (
+            "queued.max.request.bytes".to_string(),
+            config.queued_max_request_bytes.to_string(),
+            ConfigSource::StaticBroker,
+            5,
+        ),
         ("max.connections".to_string(), config.max_connections.to_string(), ConfigSource::StaticBroker, 3),
-        ("log.retention.check.interval.ms".to_string(), config.retention_check_interval_ms.to_string(), ConfigSource::StaticBroker, 5),
+        (
+            "log.retention.check.interval.ms".to_string(),
+            config.retention_check_interval_ms.to_string(),
+            ConfigSource::StaticBroker,
+            5,
+        ),
     ];
     for def in TOPIC_CONFIGS {
         let (value, source) = config.topic_default(def);
@@ -146,12 +165,21 @@ pub(super) fn incremental_alter(broker: &Arc<Broker>, request: &RequestFrame) ->
                 }
                 (OP_DELETE, _) => delete.push(config.name.to_string()),
                 (OP_SET, None) => refused = Some(format!("config {} has a null value", config.name.as_str())),
-                (op, _) => refused = Some(format!("config operation {op} is not supported for {}", config.name.as_str())),
+                (op, _) => {
+                    refused = Some(format!("config operation {op} is not supported for {}", config.name.as_str()))
+                }
             }
         }
         let outcome = match refused {
             Some(message) => Err((ResponseError::InvalidConfig.code(), message)),
-            None => alter_topic(broker, resource.resource_type, &resource.resource_name.to_string(), set, delete, body.validate_only),
+            None => alter_topic(
+                broker,
+                resource.resource_type,
+                &resource.resource_name.to_string(),
+                set,
+                delete,
+                body.validate_only,
+            ),
         };
         if let Err((code, message)) = outcome {
             result.error_code = code;
@@ -180,7 +208,9 @@ pub(super) fn alter(broker: &Arc<Broker>, request: &RequestFrame) -> Result<Repl
             .topic(&name)
             .map(|t| t.configs.keys().filter(|k| !set.contains_key(*k)).cloned().collect())
             .unwrap_or_default();
-        if let Err((code, message)) = alter_topic(broker, resource.resource_type, &name, set, delete, body.validate_only) {
+        if let Err((code, message)) =
+            alter_topic(broker, resource.resource_type, &name, set, delete, body.validate_only)
+        {
             result.error_code = code;
             result.error_message = Some(text(message));
         }
@@ -250,14 +280,16 @@ mod tests {
         assert_eq!(before.results[0].configs.len(), TOPIC_CONFIGS.len());
         assert!(before.results[0].configs.iter().all(|c| c.config_source == ConfigSource::Default as i8));
 
-        let altered: IncrementalAlterConfigsResponse = call(&broker, ApiKey::IncrementalAlterConfigs, 1, &set("t", "retention.ms", "1234")).await;
+        let altered: IncrementalAlterConfigsResponse =
+            call(&broker, ApiKey::IncrementalAlterConfigs, 1, &set("t", "retention.ms", "1234")).await;
         assert_eq!(altered.responses[0].error_code, 0);
         let after: DescribeConfigsResponse = call(&broker, ApiKey::DescribeConfigs, 1, &describe_topic("t")).await;
         let retention = after.results[0].configs.iter().find(|c| c.name.as_str() == "retention.ms").expect("listed");
         assert_eq!(retention.value.as_ref().map(|v| v.as_str()), Some("1234"));
         assert_eq!(retention.config_source, ConfigSource::TopicOverride as i8);
 
-        let bad: IncrementalAlterConfigsResponse = call(&broker, ApiKey::IncrementalAlterConfigs, 0, &set("t", "segment.bytes", "-1")).await;
+        let bad: IncrementalAlterConfigsResponse =
+            call(&broker, ApiKey::IncrementalAlterConfigs, 0, &set("t", "segment.bytes", "-1")).await;
         assert_eq!(bad.responses[0].error_code, ResponseError::InvalidConfig.code());
         let unknown: DescribeConfigsResponse = call(&broker, ApiKey::DescribeConfigs, 4, &describe_topic("nope")).await;
         assert_eq!(unknown.results[0].error_code, ResponseError::UnknownTopicOrPartition.code());

@@ -88,7 +88,11 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
                 data.log_start_offset = log.log_start_offset();
                 // The first partition with data always gets at least one whole batch (KIP-74).
                 let max = if total == 0 { partition_max.max(1) } else { partition_max };
-                if max == 0 { Ok(None) } else { log.read(requested.fetch_offset, max) }
+                if max == 0 {
+                    Ok(None)
+                } else {
+                    log.read(requested.fetch_offset, max)
+                }
             };
             match slice.and_then(|s| s.map(|s| s.read()).transpose()) {
                 Ok(Some(records)) => {

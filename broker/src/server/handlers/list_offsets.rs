@@ -9,8 +9,8 @@ use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 
 use super::{respond, storage_error_code, Reply};
-use crate::storage::{PartitionLog, StorageError};
 use crate::protocol::frame::{decode_body, FrameError, RequestFrame};
+use crate::storage::{PartitionLog, StorageError};
 use crate::Broker;
 
 const LATEST: i64 = -1;
@@ -34,7 +34,9 @@ pub(super) fn handle(broker: &Arc<Broker>, request: &RequestFrame) -> Result<Rep
             out.offset = -1;
             match broker.partition(&name, requested.partition_index) {
                 None => out.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(_) if requested.current_leader_epoch > 0 => out.error_code = ResponseError::UnknownLeaderEpoch.code(),
+                Some(_) if requested.current_leader_epoch > 0 => {
+                    out.error_code = ResponseError::UnknownLeaderEpoch.code()
+                }
                 Some(partition) => match lookup(&mut partition.log(), requested.timestamp) {
                     Ok(Some((offset, timestamp))) => {
                         out.offset = offset;
@@ -103,11 +105,7 @@ fn first_record_at_or_after(batch: Bytes, from_offset: i64, matches: impl Fn(i64
     })
     .ok()
     .flatten()?;
-    decoded
-        .records
-        .iter()
-        .find(|r| r.offset >= from_offset && matches(r.timestamp))
-        .map(|r| (r.offset, r.timestamp))
+    decoded.records.iter().find(|r| r.offset >= from_offset && matches(r.timestamp)).map(|r| (r.offset, r.timestamp))
 }
 
 #[cfg(test)]
@@ -167,13 +165,15 @@ mod tests {
         let partition = broker.partition("t", 0).expect("partition");
         partition.log().append(&batch_with_timestamps(&[100, 200, 300])).expect("append");
         partition.log().append(&batch_with_timestamps(&[400, 500])).expect("append");
-        let cases = [(EARLIEST, 0), (LATEST, 5), (0, 0), (200, 1), (250, 2), (400, 3), (500, 4), (501, -1), (MAX_TIMESTAMP, 4)];
+        let cases =
+            [(EARLIEST, 0), (LATEST, 5), (0, 0), (200, 1), (250, 2), (400, 3), (500, 4), (501, -1), (MAX_TIMESTAMP, 4)];
         for version in [1i16, 4, 7, 10] {
             for (timestamp, expected) in cases {
                 if timestamp == MAX_TIMESTAMP && version < 7 {
                     continue;
                 }
-                let response: ListOffsetsResponse = call(&broker, ApiKey::ListOffsets, version, &query(timestamp)).await;
+                let response: ListOffsetsResponse =
+                    call(&broker, ApiKey::ListOffsets, version, &query(timestamp)).await;
                 let answer = &response.topics[0].partitions[0];
                 assert_eq!(answer.error_code, 0);
                 assert_eq!(answer.offset, expected, "v{version} timestamp {timestamp}");

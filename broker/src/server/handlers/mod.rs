@@ -112,7 +112,9 @@ fn storage_error_code(error: &StorageError) -> i16 {
         StorageError::Io { .. } | StorageError::Corrupt { .. } => ResponseError::KafkaStorageError.code(),
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         StorageError::BatchTooLarge { .. } => ResponseError::MessageTooLarge.code(),
-        StorageError::InvalidBatch(BatchError::UnsupportedMagic { .. }) => ResponseError::UnsupportedForMessageFormat.code(),
+        StorageError::InvalidBatch(BatchError::UnsupportedMagic { .. }) => {
+            ResponseError::UnsupportedForMessageFormat.code()
+        }
         StorageError::InvalidBatch(_) => ResponseError::CorruptMessage.code(),
     }
 }
@@ -137,7 +139,12 @@ pub(crate) mod test_support {
         crate::protocol::frame::decode_request(buf.freeze()).expect("frame decodes")
     }
 
-    pub(crate) async fn call<Req: Encodable, Resp: Decodable>(broker: &Arc<Broker>, api: ApiKey, version: i16, body: &Req) -> Resp {
+    pub(crate) async fn call<Req: Encodable, Resp: Decodable>(
+        broker: &Arc<Broker>,
+        api: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Resp {
         let reply = dispatch(broker, frame(api, version, body)).await.expect("handled");
         let mut bytes = match reply {
             Reply::Ready(bytes) => bytes,

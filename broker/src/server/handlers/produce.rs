@@ -26,7 +26,9 @@ pub(super) fn handle(broker: &Arc<Broker>, request: &RequestFrame) -> Result<Rep
         let mut topic_response = TopicProduceResponse::default();
         topic_response.name = topic.name.clone();
         let topic_exists = broker.topic(&name).is_some()
-            || (broker.config.auto_create_topics && validate_topic_name(&name).is_ok() && broker.auto_create_topic(&name).is_ok());
+            || (broker.config.auto_create_topics
+                && validate_topic_name(&name).is_ok()
+                && broker.auto_create_topic(&name).is_ok());
         for data in &topic.partition_data {
             let mut partition_response = PartitionProduceResponse::default();
             partition_response.index = data.index;
@@ -135,7 +137,11 @@ fn append(broker: &Broker, topic: &str, index: i32, records: Option<&Bytes>) -> 
 /// advertised (so librdkafka keeps compression on) and answered, per partition, with
 /// UNSUPPORTED_VERSION in the version's own response format.
 pub(super) fn refuse_legacy(request: &RequestFrame) -> Result<Reply, FrameError> {
-    let bad = |message: &str| FrameError::BadBody { api: request.api_key, version: request.api_version, message: message.to_string() };
+    let bad = |message: &str| FrameError::BadBody {
+        api: request.api_key,
+        version: request.api_version,
+        message: message.to_string(),
+    };
     let mut body = request.body.clone();
     let topics = parse_legacy_produce(&mut body).ok_or_else(|| bad("malformed legacy produce request"))?;
     let version = request.api_version;
@@ -247,7 +253,10 @@ mod tests {
         assert_eq!(response.responses[0].partition_responses[0].error_code, ResponseError::CorruptMessage.code());
         let good = sample_batch(1, 1, b"x").freeze();
         let response: ProduceResponse = call(&broker, ApiKey::Produce, 9, &produce("t", 7, good.clone(), 1)).await;
-        assert_eq!(response.responses[0].partition_responses[0].error_code, ResponseError::UnknownTopicOrPartition.code());
+        assert_eq!(
+            response.responses[0].partition_responses[0].error_code,
+            ResponseError::UnknownTopicOrPartition.code()
+        );
         let response: ProduceResponse = call(&broker, ApiKey::Produce, 9, &produce("t", 0, good, 5)).await;
         assert_eq!(response.responses[0].partition_responses[0].error_code, ResponseError::InvalidRequiredAcks.code());
         assert_eq!(broker.partition("t", 0).expect("exists").log().log_end_offset(), 0, "nothing appended");
