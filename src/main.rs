@@ -1,11 +1,10 @@
 //! `runnel`: the broker (`runnel serve`) and the command-line client for it.
 
-mod alloc;
 mod cli;
 mod serve;
 
 #[global_allocator]
-static GLOBAL: alloc::Allocator = alloc::Allocator;
+static GLOBAL: runnel_broker::alloc::Allocator = runnel_broker::alloc::Allocator;
 
 use std::process::ExitCode;
 

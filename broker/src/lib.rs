@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alloc;
 pub mod config;
 pub mod metadata;
 pub mod protocol;

@@ -8,6 +8,10 @@ use libfuzzer_sys::fuzz_target;
 use runnel_broker::config::BrokerConfig;
 use runnel_broker::Broker;
 
+// The broker's own allocator: hostile array counts reserve address space instead of aborting.
+#[global_allocator]
+static GLOBAL: runnel_broker::alloc::Allocator = runnel_broker::alloc::Allocator;
+
 struct Harness {
     _dir: tempfile::TempDir,
     broker: Arc<Broker>,

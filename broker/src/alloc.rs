@@ -11,7 +11,8 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-pub(crate) struct Allocator;
+/// Install with `#[global_allocator] static GLOBAL: runnel_broker::alloc::Allocator = runnel_broker::alloc::Allocator;`
+pub struct Allocator;
 
 /// Requests at least this large go to mmap; below it, the system allocator's usual path.
 const HUGE_BYTES: usize = 1 << 30;
@@ -68,6 +69,33 @@ unsafe impl GlobalAlloc for Allocator {
         } else {
             // SAFETY: `pointer` came from `System` with this layout.
             unsafe { System.dealloc(pointer, layout) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_sized_allocation_succeeds_without_committing_memory() {
+        // 64 GiB: more than this machine has, as a hostile array count would ask for.
+        let layout = Layout::from_size_align(64 << 30, 8).expect("layout");
+        // SAFETY: the pointer is checked for null and released with the same layout.
+        unsafe {
+            let pointer = Allocator.alloc(layout);
+            assert!(!pointer.is_null(), "huge reservation must succeed");
+            *pointer = 7; // one page touched, not 64 GiB
+            assert_eq!(*pointer, 7);
+            Allocator.dealloc(pointer, layout);
+        }
+        let small = Layout::from_size_align(100, 8).expect("layout");
+        // SAFETY: as above.
+        unsafe {
+            let pointer = Allocator.alloc_zeroed(small);
+            assert!(!pointer.is_null());
+            assert_eq!(*pointer, 0);
+            Allocator.dealloc(pointer, small);
         }
     }
 }
