@@ -106,17 +106,18 @@ pub(super) async fn run(
 async fn write_responses(broker: Arc<Broker>, writer: OwnedWriteHalf, mut pending: mpsc::Receiver<Pending>) {
     let mut writer = BufWriter::new(writer);
     while let Some(item) = pending.recv().await {
-        let response: Option<Bytes> = match item.reply {
-            Reply::Ready(bytes) => Some(bytes),
-            Reply::Later(future) => Some(future.await),
-            Reply::None => None,
+        let response: Vec<Bytes> = match item.reply {
+            Reply::Ready(bytes) => vec![bytes],
+            Reply::Pieces(pieces) => pieces,
+            Reply::Later(future) => vec![future.await],
+            Reply::None => Vec::new(),
         };
         let labels = ApiLabels { api: item.api };
         broker.metrics.requests.get_or_create(&labels).inc();
         broker.metrics.request_seconds.get_or_create(&labels).observe(item.started.elapsed().as_secs_f64());
-        if let Some(bytes) = response {
-            broker.metrics.bytes_out.inc_by(bytes.len() as u64);
-            if writer.write_all(&bytes).await.is_err() {
+        for piece in response {
+            broker.metrics.bytes_out.inc_by(piece.len() as u64);
+            if writer.write_all(&piece).await.is_err() {
                 return;
             }
         }

@@ -58,6 +58,7 @@ pub async fn respond_to(
     let request = crate::protocol::frame::decode_request(frame)?;
     Ok(match handlers::dispatch(broker, request).await? {
         handlers::Reply::Ready(bytes) => Some(bytes),
+        handlers::Reply::Pieces(pieces) => Some(pieces.concat().into()),
         handlers::Reply::Later(future) => Some(future.await),
         handlers::Reply::None => None,
     })

@@ -10,7 +10,8 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
 
-use super::{respond, storage_error_code, text, Reply};
+use super::{storage_error_code, text, Reply};
+use crate::protocol::fetch_frame::encode_fetch_response;
 use crate::protocol::frame::{decode_body, FrameError, RequestFrame};
 use crate::Broker;
 
@@ -29,14 +30,18 @@ pub(super) async fn handle(broker: &Arc<Broker>, request: &RequestFrame) -> Resu
         let (response, bytes, any_error) = read_once(broker, &body, version);
         let now = tokio::time::Instant::now();
         if bytes >= min_bytes.max(1) || any_error || now >= deadline {
-            return respond(request, &response);
+            return respond_pieces(request, response);
         }
         appended.borrow_and_update();
         if tokio::time::timeout_at(deadline, appended.changed()).await.is_err() {
             let (response, _, _) = read_once(broker, &body, version);
-            return respond(request, &response);
+            return respond_pieces(request, response);
         }
     }
+}
+
+fn respond_pieces(request: &RequestFrame, response: FetchResponse) -> Result<Reply, FrameError> {
+    encode_fetch_response(request.header.correlation_id, request.api_version, response).map(Reply::Pieces)
 }
 
 /// Builds one response from the log as it is now; returns it, the record bytes it carries,
