@@ -163,10 +163,14 @@ pub fn split_batches(bytes: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<u
     Ok(batches)
 }
 
-/// Writes the broker-assigned base offset and leader epoch into a batch in place. Both fields
-/// sit before the CRC'd region, so the producer's CRC still holds.
+/// The leading bytes the broker rewrites: base offset, batch length (unchanged), leader epoch.
+pub const STAMPED_HEAD_BYTES: usize = 16;
+
+/// Writes the broker-assigned base offset and leader epoch into a batch (or just its first
+/// [`STAMPED_HEAD_BYTES`]) in place. Both fields sit before the CRC'd region, so the
+/// producer's CRC still holds.
 pub fn stamp_batch(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
-    assert!(batch.len() >= BATCH_HEADER_BYTES, "stamping a batch shorter than its header");
+    assert!(batch.len() >= STAMPED_HEAD_BYTES, "stamping a batch shorter than its header");
     (&mut batch[0..8]).put_i64(base_offset);
     (&mut batch[PARTITION_LEADER_EPOCH_AT..PARTITION_LEADER_EPOCH_AT + 4]).put_i32(leader_epoch);
 }

@@ -64,9 +64,10 @@ pub(super) async fn run(
             }
             let size = size as usize;
             let Ok(permit) = Arc::clone(&request_bytes).acquire_many_owned(size as u32).await else { break };
-            let mut body = BytesMut::zeroed(size);
-            match tokio::time::timeout(FRAME_BODY_TIMEOUT, reader.read_exact(&mut body)).await {
-                Ok(Ok(_)) => {}
+            // Read into uninitialized capacity: zeroing every request first showed in profiles.
+            let mut body = BytesMut::with_capacity(size);
+            match tokio::time::timeout(FRAME_BODY_TIMEOUT, read_frame_body(&mut reader, &mut body, size)).await {
+                Ok(Ok(())) => {}
                 Ok(Err(_)) => break,
                 Err(_) => {
                     tracing::warn!(size, "request body not received in time; closing connection");
@@ -101,6 +102,20 @@ pub(super) async fn run(
     .instrument(span)
     .await;
     broker.metrics.connections.dec();
+}
+
+async fn read_frame_body(
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    body: &mut BytesMut,
+    size: usize,
+) -> std::io::Result<()> {
+    while body.len() < size {
+        let mut limited = (&mut *reader).take((size - body.len()) as u64);
+        if limited.read_buf(body).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
 }
 
 async fn write_responses(broker: Arc<Broker>, writer: OwnedWriteHalf, mut pending: mpsc::Receiver<Pending>) {

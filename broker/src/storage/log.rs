@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use super::segment::Segment;
 use super::{Clock, Result, StorageError};
 use crate::config::LogConfig;
-use crate::protocol::batch::{peek_batch_bytes, split_batches, stamp_batch, BatchHeader};
+use crate::protocol::batch::{peek_batch_bytes, split_batches, stamp_batch, BatchHeader, STAMPED_HEAD_BYTES};
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,16 +198,18 @@ impl PartitionLog {
                 reason: "no record batch",
             }));
         }
-        let mut stamped = BytesMut::from(payload);
         let base_offset = self.log_end_offset();
         let mut next = base_offset;
         let mut last_offset = base_offset;
         for (header, range) in &batches {
             let header = BatchHeader { base_offset: next, partition_leader_epoch: self.leader_epoch, ..*header };
-            stamp_batch(&mut stamped[range.clone()], next, self.leader_epoch);
+            let batch = &payload[range.clone()];
+            let mut head = [0u8; STAMPED_HEAD_BYTES];
+            head.copy_from_slice(&batch[..STAMPED_HEAD_BYTES]);
+            stamp_batch(&mut head, next, self.leader_epoch);
             self.maybe_roll(range.len() as u64, header.last_offset())?;
             let interval = self.config.index_interval_bytes;
-            self.active_mut().append(&stamped[range.clone()], &header, interval)?;
+            self.active_mut().append(&head, batch, &header, interval)?;
             last_offset = header.last_offset();
             next = header.next_offset();
             self.unflushed_messages += header.record_count.max(0) as u64;

@@ -179,11 +179,20 @@ impl Segment {
 
     /// Appends one stamped batch. On a failed write the file is cut back so no partial batch
     /// stays behind.
-    pub(crate) fn append(&mut self, batch: &[u8], header: &BatchHeader, index_interval_bytes: u64) -> Result<()> {
+    /// `stamped_head` replaces the batch's first bytes (base offset, length, leader epoch) so
+    /// the producer's buffer is written as it is, without a copy to stamp it.
+    pub(crate) fn append(
+        &mut self,
+        stamped_head: &[u8],
+        batch: &[u8],
+        header: &BatchHeader,
+        index_interval_bytes: u64,
+    ) -> Result<()> {
         assert!(header.base_offset >= self.next_offset, "offsets must increase within a segment");
         assert!(self.writers.is_some(), "append goes to the active segment only");
+        assert!(stamped_head.len() <= batch.len(), "stamped head longer than the batch");
         let position = self.size;
-        if let Err(e) = (&*self.log).write_all(batch) {
+        if let Err(e) = write_all_vectored(&self.log, stamped_head, &batch[stamped_head.len()..]) {
             let _ = self.log.set_len(position);
             return Err(StorageError::io(&self.log_path, e));
         }
@@ -324,6 +333,21 @@ impl Segment {
     pub(crate) fn log_path(&self) -> &Path {
         &self.log_path
     }
+}
+
+/// Writes `head` then `tail` with as few syscalls as the kernel allows.
+fn write_all_vectored(mut file: &File, head: &[u8], tail: &[u8]) -> std::io::Result<()> {
+    let mut slices = [std::io::IoSlice::new(head), std::io::IoSlice::new(tail)];
+    let mut remaining: &mut [std::io::IoSlice<'_>] = &mut slices;
+    while !remaining.is_empty() {
+        match file.write_vectored(remaining) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => std::io::IoSlice::advance_slices(&mut remaining, written),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads and fully validates the batch at `position`; `None` at the end or at damage.
