@@ -50,14 +50,14 @@ if ! "$python_bin" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3-venv
 fi
 
-if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+if ! command -v cargo >/dev/null 2>&1 && [ -f "${HOME:-/root}/.cargo/env" ]; then
     # shellcheck disable=SC1091
-    . "$HOME/.cargo/env"
+    . "${HOME:-/root}/.cargo/env"
 fi
 
 # --- Python venv with the pinned clients ------------------------------------------------------
 # Lives outside the clone, so a fresh clone reuses it; rebuilt when requirements.txt changes.
-venv="${RUNNEL_VENV:-$HOME/.cache/runnel/venv}"
+venv="${RUNNEL_VENV:-${HOME:-/root}/.cache/runnel/venv}"
 requirements="$repo_root/tests/python/requirements.txt"
 wanted_stamp="$("$python_bin" -c 'import sys; print(sys.version)' | head -n1) $(sha256sum "$requirements" | cut -d' ' -f1)"
 stamp_file="$venv/.runnel-requirements"

@@ -13,6 +13,8 @@ use crate::storage::{Clock, PartitionLog, StorageError, SystemClock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    #[error("data directory {path} is in use by another runnel process")]
+    DataDirLocked { path: PathBuf },
     #[error(transparent)]
     Metadata(#[from] MetadataError),
     #[error(transparent)]
@@ -70,6 +72,10 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     /// Bumped after every append, so long-polling fetches wake up.
     appended: tokio::sync::watch::Sender<u64>,
+    /// Set when shutdown begins: parked long polls answer at once instead of holding it up.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Held for the broker's lifetime: a second broker on the same data directory is refused.
+    _data_dir_lock: std::fs::File,
     pub(crate) metrics: Metrics,
 }
 
@@ -83,6 +89,7 @@ impl Broker {
         let io = |path: &Path, source| BrokerError::Io { path: path.to_path_buf(), source };
         let meta_dir = config.data_dir.join("meta");
         std::fs::create_dir_all(&meta_dir).map_err(|e| io(&meta_dir, e))?;
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let cluster_id = load_or_create_cluster_id(&meta_dir.join("cluster_id")).map_err(|e| io(&meta_dir, e))?;
         let metadata = LocalMetadataStore::open(&meta_dir)?;
         let broker = Arc::new(Broker {
@@ -92,6 +99,8 @@ impl Broker {
             partitions: RwLock::new(HashMap::new()),
             clock,
             appended: tokio::sync::watch::channel(0).0,
+            stopping: tokio::sync::watch::channel(false).0,
+            _data_dir_lock: data_dir_lock,
             metrics: Metrics::new(),
         });
         let image = broker.metadata.image();
@@ -209,6 +218,17 @@ impl Broker {
         self.appended.subscribe()
     }
 
+    /// Starts shutdown: waiters such as long-polling fetches stop waiting.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub(crate) async fn stopping(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|stop| *stop).await;
+    }
+
     /// Flushes logs whose `flush.ms`/`flush.messages` are due; run by a background task.
     pub async fn flush_due(&self) {
         for partition in self.all_partitions() {
@@ -277,6 +297,19 @@ fn remove_dir(dir: &Path) -> Result<(), BrokerError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(BrokerError::Io { path: dir.to_path_buf(), source }),
+    }
+}
+
+/// Takes an exclusive lock on `<data-dir>/.lock` (released by the OS when the process dies).
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, BrokerError> {
+    let io = |path: &Path, source| BrokerError::Io { path: path.to_path_buf(), source };
+    std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir, e))?;
+    let path = data_dir.join(".lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BrokerError::DataDirLocked { path: data_dir.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&path, e)),
     }
 }
 

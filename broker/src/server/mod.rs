@@ -122,6 +122,7 @@ pub async fn serve_on(
     }
     tracing::info!("shutting down: no new connections; draining in-flight requests");
     drop(listeners.kafka);
+    broker.begin_shutdown();
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {

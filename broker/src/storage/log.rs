@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::producers::{self, ProducerStates, SequenceCheck};
 use super::segment::Segment;
 use super::{Clock, Result, StorageError};
 use crate::config::LogConfig;
@@ -98,6 +99,8 @@ pub struct PartitionLog {
     unflushed_sealed: Vec<(PathBuf, Arc<File>)>,
     unflushed_messages: u64,
     last_flush_ms: i64,
+    /// Idempotent producers' recent sequences, for duplicate and gap detection.
+    producers: ProducerStates,
 }
 
 impl PartitionLog {
@@ -139,9 +142,11 @@ impl PartitionLog {
             unflushed_sealed: Vec::new(),
             unflushed_messages: 0,
             last_flush_ms: now_ms,
+            producers: ProducerStates::default(),
         };
         // What survived recovery is on disk; treat it as flushed.
         log.flushed_offset = log.log_end_offset();
+        log.recover_producers()?;
         Ok(log)
     }
 
@@ -198,6 +203,34 @@ impl PartitionLog {
                 reason: "no record batch",
             }));
         }
+        // Idempotent batches come one per partition per request (Kafka requires it from
+        // Produce v3 on), so the sequence check of the single batch decides for the payload.
+        if batches.len() > 1 && batches.iter().any(|(h, _)| h.producer_id >= 0) {
+            return Err(StorageError::InvalidBatch(crate::protocol::batch::BatchError::Invalid {
+                reason: "an idempotent produce must carry exactly one batch per partition",
+            }));
+        }
+        if let [(header, _)] = batches.as_slice() {
+            match self.producers.check(header) {
+                SequenceCheck::Append => {}
+                // A retry: answer with the offsets the batch got the first time.
+                SequenceCheck::Duplicate { base_offset, last_offset } => {
+                    return Ok(AppendInfo { base_offset, last_offset, log_start_offset: self.log_start_offset })
+                }
+                SequenceCheck::OutOfOrder { expected, found } => {
+                    return Err(StorageError::OutOfOrderSequence { producer_id: header.producer_id, expected, found })
+                }
+                SequenceCheck::StaleEpoch => {
+                    return Err(StorageError::InvalidProducerEpoch {
+                        producer_id: header.producer_id,
+                        epoch: header.producer_epoch,
+                    })
+                }
+                SequenceCheck::UnknownProducer => {
+                    return Err(StorageError::UnknownProducerId { producer_id: header.producer_id })
+                }
+            }
+        }
         let base_offset = self.log_end_offset();
         let mut next = base_offset;
         let mut last_offset = base_offset;
@@ -210,6 +243,7 @@ impl PartitionLog {
             self.maybe_roll(range.len() as u64, header.last_offset())?;
             let interval = self.config.index_interval_bytes;
             self.active_mut().append(&head, batch, &header, interval)?;
+            self.producers.record(&header);
             last_offset = header.last_offset();
             next = header.next_offset();
             self.unflushed_messages += header.record_count.max(0) as u64;
@@ -237,6 +271,7 @@ impl PartitionLog {
         self.unflushed_sealed.push(sealed);
         let segment = Segment::create(&self.dir, next_offset, now_ms)?;
         self.segments.insert(next_offset, segment);
+        self.snapshot_producers(next_offset);
         tracing::debug!(dir = %self.dir.display(), base_offset = next_offset, "rolled segment");
         Ok(())
     }
@@ -392,12 +427,65 @@ impl PartitionLog {
             }
         }
         self.flushed_offset = self.flushed_offset.min(self.log_end_offset());
+        // Snapshots past the cut describe batches that are gone; rebuild from an older one.
+        let end = self.log_end_offset();
+        self.producers = ProducerStates::default();
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.strip_suffix(".snapshot").and_then(|o| o.parse::<i64>().ok()).is_some_and(|o| o > end) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        self.recover_producers()
+    }
+
+    /// Checks a batch against the producer state without appending it.
+    pub fn check_sequence(&self, header: &BatchHeader) -> SequenceCheck {
+        self.producers.check(header)
+    }
+
+    pub fn producer_count(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Rebuilds producer state: the newest snapshot, then the batch headers after it.
+    fn recover_producers(&mut self) -> Result<()> {
+        let end = self.log_end_offset();
+        let (mut offset, states) = producers::load_snapshot(&self.dir, end).unwrap_or((self.log_start_offset, ProducerStates::default()));
+        self.producers = states;
+        offset = offset.max(self.log_start_offset);
+        let first = self.segments.range(..=offset).next_back().map(|(b, _)| *b).unwrap_or(self.log_start_offset);
+        let mut replayed = 0u64;
+        for (_, segment) in self.segments.range_mut(first..) {
+            let Some(at) = segment.find_batch(offset)? else { continue };
+            let mut position = at.position;
+            while position < segment.size {
+                let header = segment.read_header(position)?;
+                if header.base_offset >= offset {
+                    self.producers.record(&header);
+                    replayed += 1;
+                }
+                position += header.total_bytes() as u64;
+                offset = offset.max(header.next_offset());
+            }
+        }
+        if replayed > 0 {
+            tracing::debug!(dir = %self.dir.display(), replayed, "replayed batch headers into producer state");
+        }
         Ok(())
+    }
+
+    /// Best effort: a failed snapshot only makes the next recovery replay more.
+    fn snapshot_producers(&self, offset: i64) {
+        if let Err(e) = producers::write_snapshot(&self.dir, offset, &self.producers) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write producer snapshot");
+        }
     }
 
     /// Flushes and seals the active segment's indexes: the clean-shutdown path.
     pub fn close(&mut self) -> Result<()> {
         self.flush()?;
+        self.snapshot_producers(self.log_end_offset());
         self.active_mut().seal()
     }
 

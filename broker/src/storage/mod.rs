@@ -6,9 +6,11 @@
 
 mod index;
 mod log;
+mod producers;
 mod segment;
 
 pub use log::{AppendInfo, FetchSlice, PartitionLog, SyncPlan};
+pub use producers::SequenceCheck;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -22,6 +24,12 @@ pub enum StorageError {
     Corrupt { path: std::path::PathBuf, position: u64 },
     #[error("invalid batch: {0}")]
     InvalidBatch(#[from] crate::protocol::batch::BatchError),
+    #[error("producer {producer_id}: expected sequence {expected}, got {found}")]
+    OutOfOrderSequence { producer_id: i64, expected: i32, found: i32 },
+    #[error("producer {producer_id}: epoch {epoch} is older than the current one")]
+    InvalidProducerEpoch { producer_id: i64, epoch: i16 },
+    #[error("producer {producer_id} is unknown to this partition and did not start at sequence 0")]
+    UnknownProducerId { producer_id: i64 },
     #[error("batch of {bytes} bytes exceeds max.message.bytes {max_bytes}")]
     BatchTooLarge { bytes: usize, max_bytes: u64 },
 }

@@ -33,7 +33,12 @@ pub(super) async fn handle(broker: &Arc<Broker>, request: &RequestFrame) -> Resu
             return respond_pieces(request, response);
         }
         appended.borrow_and_update();
-        if tokio::time::timeout_at(deadline, appended.changed()).await.is_err() {
+        let woken = tokio::select! {
+            changed = tokio::time::timeout_at(deadline, appended.changed()) => changed.is_ok(),
+            // Shutdown answers a parked poll now rather than holding the drain for max_wait.
+            () = broker.stopping() => false,
+        };
+        if !woken {
             let (response, _, _) = read_once(broker, &body, version);
             return respond_pieces(request, response);
         }

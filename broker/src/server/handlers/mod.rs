@@ -93,7 +93,7 @@ fn error_code(error: &BrokerError) -> (i16, String) {
     let code = match error {
         BrokerError::Metadata(e) => metadata_error_code(e),
         BrokerError::Storage(e) => storage_error_code(e),
-        BrokerError::Io { .. } => ResponseError::KafkaStorageError.code(),
+        BrokerError::Io { .. } | BrokerError::DataDirLocked { .. } => ResponseError::KafkaStorageError.code(),
     };
     (code, error.to_string())
 }
@@ -118,6 +118,9 @@ fn storage_error_code(error: &StorageError) -> i16 {
             ResponseError::UnsupportedForMessageFormat.code()
         }
         StorageError::InvalidBatch(_) => ResponseError::CorruptMessage.code(),
+        StorageError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber.code(),
+        StorageError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch.code(),
+        StorageError::UnknownProducerId { .. } => ResponseError::UnknownProducerId.code(),
     }
 }
 
