@@ -8,6 +8,7 @@ use crate::config::BrokerConfig;
 use crate::metadata::{
     LocalMetadataStore, MetadataCommand, MetadataError, MetadataImage, MetadataStore, TopicMetadata,
 };
+use crate::groups::{GroupConfig, GroupCoordinator};
 use crate::metrics::Metrics;
 use crate::storage::{Clock, PartitionLog, StorageError, SystemClock};
 
@@ -63,6 +64,9 @@ impl Partition {
 
 type PartitionMap = HashMap<String, Vec<Arc<Partition>>>;
 
+/// Producer ids reserved per metadata-log entry (Kafka's controller hands out blocks of 1000).
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
 #[derive(Debug)]
 pub struct Broker {
     pub config: BrokerConfig,
@@ -77,6 +81,10 @@ pub struct Broker {
     /// Held for the broker's lifetime: a second broker on the same data directory is refused.
     _data_dir_lock: std::fs::File,
     pub(crate) metrics: Metrics,
+    /// The reserved block producer ids are handed out from: (next, end).
+    producer_ids: Mutex<(i64, i64)>,
+    /// Consumer groups and committed offsets (persisted in `__consumer_offsets`).
+    groups: GroupCoordinator,
 }
 
 impl Broker {
@@ -93,6 +101,7 @@ impl Broker {
         let cluster_id = load_or_create_cluster_id(&meta_dir.join("cluster_id")).map_err(|e| io(&meta_dir, e))?;
         let metadata = LocalMetadataStore::open(&meta_dir)?;
         let broker = Arc::new(Broker {
+            groups: GroupCoordinator::new(GroupConfig::from_broker(&config)),
             config,
             cluster_id,
             metadata: Box::new(metadata),
@@ -102,10 +111,12 @@ impl Broker {
             stopping: tokio::sync::watch::channel(false).0,
             _data_dir_lock: data_dir_lock,
             metrics: Metrics::new(),
+            producer_ids: Mutex::new((0, 0)),
         });
         let image = broker.metadata.image();
         broker.reconcile(&image)?;
         broker.remove_orphan_directories(&image)?;
+        broker.groups.load(&broker)?;
         Ok(broker)
     }
 
@@ -115,6 +126,10 @@ impl Broker {
 
     fn partition_dir(&self, topic: &str, index: i32) -> PathBuf {
         self.log_dir().join(format!("{topic}-{index}"))
+    }
+
+    pub(crate) fn groups(&self) -> &GroupCoordinator {
+        &self.groups
     }
 
     pub fn metadata(&self) -> Arc<MetadataImage> {
@@ -208,6 +223,20 @@ impl Broker {
             Ok(_) | Err(BrokerError::Metadata(MetadataError::TopicExists { .. })) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// A producer id never handed out before. Ids come from blocks reserved through the
+    /// metadata log, so a restart (or, later, another broker) cannot reuse one.
+    pub fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
+        let mut ids = self.producer_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.0 >= ids.1 {
+            let first = self.metadata.image().next_producer_id;
+            self.propose(MetadataCommand::AllocateProducerIds { first, count: PRODUCER_ID_BLOCK })?;
+            *ids = (first, first + PRODUCER_ID_BLOCK);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
     }
 
     pub(crate) fn notify_appended(&self) {

@@ -190,6 +190,16 @@ pub struct BrokerConfig {
     pub queued_max_request_bytes: usize,
     pub max_connections: usize,
     pub retention_check_interval_ms: u64,
+    /// Kafka's `group.initial.rebalance.delay.ms`: the first rebalance of an empty group waits
+    /// this long for more members.
+    pub group_initial_rebalance_delay_ms: i64,
+    /// Kafka's `group.min.session.timeout.ms` / `group.max.session.timeout.ms`.
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
+    /// Kafka's `group.max.size` (Kafka: unlimited; bounded here to bound memory).
+    pub group_max_size: usize,
+    /// Kafka's `offsets.retention.minutes`: offsets of a group empty this long are deleted.
+    pub offsets_retention_minutes: i64,
     /// Broker-level values of topic configs, by broker name (`log.segment.bytes`).
     pub topic_defaults: BTreeMap<String, String>,
 }
@@ -208,6 +218,11 @@ impl Default for BrokerConfig {
             queued_max_request_bytes: 512 * 1024 * 1024,
             max_connections: 10_000,
             retention_check_interval_ms: 30_000,
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_max_size: 1000,
+            offsets_retention_minutes: 7 * 24 * 60,
             topic_defaults: BTreeMap::new(),
         }
     }
@@ -267,6 +282,25 @@ impl BrokerConfig {
             "log.retention.check.interval.ms" => {
                 self.retention_check_interval_ms =
                     parse_positive(value).ok_or_else(|| invalid("must be a positive integer"))? as u64
+            }
+            "group.initial.rebalance.delay.ms" => {
+                self.group_initial_rebalance_delay_ms =
+                    value.trim().parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(|| invalid("must be at least 0"))?
+            }
+            "group.min.session.timeout.ms" => {
+                self.group_min_session_timeout_ms =
+                    value.trim().parse().ok().filter(|n: &i32| *n > 0).ok_or_else(|| invalid("must be positive"))?
+            }
+            "group.max.session.timeout.ms" => {
+                self.group_max_session_timeout_ms =
+                    value.trim().parse().ok().filter(|n: &i32| *n > 0).ok_or_else(|| invalid("must be positive"))?
+            }
+            "group.max.size" => {
+                self.group_max_size = parse_positive(value).ok_or_else(|| invalid("must be a positive integer"))?
+            }
+            "offsets.retention.minutes" => {
+                self.offsets_retention_minutes =
+                    value.trim().parse().ok().filter(|n: &i64| *n > 0).ok_or_else(|| invalid("must be positive"))?
             }
             _ => {
                 let def = TOPIC_CONFIGS

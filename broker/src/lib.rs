@@ -4,6 +4,7 @@
 //! - [`protocol`]: sans-I/O — frames, RecordBatch headers, the API versions we speak.
 //! - [`storage`]: the segmented log per partition (see `docs/STORAGE.md`).
 //! - [`metadata`]: topics, partitions and configs as a replicated-state-machine interface.
+//! - `groups`: the consumer group coordinator, persisted in `__consumer_offsets`.
 //! - [`server`]: sockets, connection limits, request dispatch and the admin HTTP endpoint.
 //!
 //! ```no_run
@@ -16,6 +17,7 @@
 
 pub mod alloc;
 pub mod config;
+mod groups;
 pub mod metadata;
 pub mod protocol;
 pub mod server;

@@ -28,7 +28,7 @@ def producer_config(bootstrap: str, **overrides) -> dict:
         "bootstrap.servers": bootstrap,
         "broker.address.family": "v4",
         "acks": "all",
-        # The broker has no InitProducerId yet.
+        # Plain producers by default; test_idempotence.py covers enable.idempotence.
         "enable.idempotence": False,
         "linger.ms": 5,
         "message.timeout.ms": 30000,

@@ -32,6 +32,8 @@ pub enum MetadataError {
     InvalidPartitions { count: i32, reason: String },
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
+    #[error("producer id block must start at {next}, not {first}")]
+    InvalidProducerIdBlock { first: i64, next: i64 },
     #[error("metadata log I/O on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("metadata log {path} line {line} is corrupt: {message}")]
@@ -45,6 +47,9 @@ pub enum MetadataCommand {
     DeleteTopic { name: String },
     CreatePartitions { name: String, total: i32 },
     AlterTopicConfig { name: String, set: BTreeMap<String, String>, delete: Vec<String> },
+    /// Reserves producer ids `[first, first + count)`; ids are never handed out twice, even
+    /// across restarts, because the reservation is logged before any id in it is used.
+    AllocateProducerIds { first: i64, count: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +66,8 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicMetadata>,
     /// Index of the last applied command.
     pub applied_index: u64,
+    /// The first producer id not yet reserved.
+    pub next_producer_id: i64,
 }
 
 pub fn validate_topic_name(name: &str) -> Result<(), MetadataError> {
@@ -127,6 +134,12 @@ impl MetadataImage {
                 }
                 configs.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
                 topic.configs = configs;
+            }
+            MetadataCommand::AllocateProducerIds { first, count } => {
+                if *first != self.next_producer_id || *count <= 0 {
+                    return Err(MetadataError::InvalidProducerIdBlock { first: *first, next: self.next_producer_id });
+                }
+                self.next_producer_id = first.saturating_add(*count);
             }
         }
         self.applied_index += 1;

@@ -144,8 +144,14 @@ async fn background_tasks(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) 
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                // Parked JoinGroup/SyncGroup requests answer NOT_COORDINATOR instead of holding up the drain.
+                broker.groups().shutdown();
+                return;
+            }
             _ = flush.tick() => broker.flush_due().await,
+            // Group deadlines: session expiry, join rounds, sync phases, initial rebalance delay.
+            _ = broker.groups().wait_for_timers(broker.now_ms()) => broker.groups().run_timers(&broker),
             _ = retention.tick() => {
                 let broker = Arc::clone(&broker);
                 let _ = tokio::task::spawn_blocking(move || broker.enforce_retention()).await;

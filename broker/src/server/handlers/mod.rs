@@ -5,9 +5,11 @@ mod admin;
 mod api_versions;
 mod configs;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
+mod producer_ids;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -72,6 +74,18 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, request: RequestFrame) -> Res
             ApiKey::DescribeConfigs => configs::describe(broker, &request),
             ApiKey::IncrementalAlterConfigs => configs::incremental_alter(broker, &request),
             ApiKey::AlterConfigs => configs::alter(broker, &request),
+            ApiKey::FindCoordinator => groups::find_coordinator(broker, &request),
+            ApiKey::JoinGroup => groups::join_group(broker, &request),
+            ApiKey::SyncGroup => groups::sync_group(broker, &request),
+            ApiKey::Heartbeat => groups::heartbeat(broker, &request),
+            ApiKey::LeaveGroup => groups::leave_group(broker, &request),
+            ApiKey::OffsetCommit => groups::offset_commit(broker, &request),
+            ApiKey::OffsetFetch => groups::offset_fetch(broker, &request),
+            ApiKey::ListGroups => groups::list_groups(broker, &request),
+            ApiKey::DescribeGroups => groups::describe_groups(broker, &request),
+            ApiKey::DeleteGroups => groups::delete_groups(broker, &request),
+            ApiKey::OffsetDelete => groups::offset_delete(broker, &request),
+            ApiKey::InitProducerId => producer_ids::init_producer_id(broker, &request),
             _ => Err(FrameError::BadBody { api, version: request.api_version, message: "not served".to_string() }),
         }
     }
@@ -105,6 +119,7 @@ fn metadata_error_code(error: &MetadataError) -> i16 {
         MetadataError::InvalidTopicName { .. } => ResponseError::InvalidTopicException.code(),
         MetadataError::InvalidPartitions { .. } => ResponseError::InvalidPartitions.code(),
         MetadataError::InvalidConfig(_) => ResponseError::InvalidConfig.code(),
+        MetadataError::InvalidProducerIdBlock { .. } => ResponseError::UnknownServerError.code(),
         MetadataError::Io { .. } | MetadataError::Corrupt { .. } => ResponseError::KafkaStorageError.code(),
     }
 }
