@@ -12,7 +12,8 @@
 #   RUNNEL_SKIP_RUST_TESTS  set to 1 to skip `cargo test` (quicker loop on the Python suite)
 #   RUNNEL_TEST_SEED        seed for the randomized tests (crash points, hostile bytes)
 #
-# On a fresh Debian machine as root it installs what is missing (kcat, python3-venv) with apt.
+# On a fresh Debian machine as root it installs what is missing (kcat, python3-venv, nodejs) with
+# apt, and kafkajs with npm into ~/.cache/runnel/node.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,6 +40,18 @@ apt_install() {
 
 if ! command -v kcat >/dev/null 2>&1; then
     apt_install kcat
+fi
+
+# kafkajs (a client that never uses flexible versions) runs on Node.js.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+node_dir="${RUNNEL_NODE_DIR:-$HOME/.cache/runnel/node}"
+export RUNNEL_NODE_MODULES="$node_dir/node_modules"
+if [ ! -f "$RUNNEL_NODE_MODULES/kafkajs/package.json" ]; then
+    log "npm install kafkajs@2.2.4 into $node_dir"
+    mkdir -p "$node_dir"
+    (cd "$node_dir" && npm install --no-audit --no-fund --silent kafkajs@2.2.4 >/dev/null)
 fi
 
 python_bin="${PYTHON:-python3}"
