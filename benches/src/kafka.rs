@@ -115,26 +115,45 @@ fn payload(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
 }
 
-/// Sends `args.records` records and waits until each is acknowledged; `rate` caps records/s.
+/// Sends `args.records` records (split over `args.clients` producers) and waits until each is
+/// acknowledged; `rate` caps records/s.
 pub(crate) fn produce(args: &BenchArgs, topic: &str, rate: Option<u64>) -> anyhow::Result<Throughput> {
-    let producer = producer(args, "5")?;
-    let value = payload(args.record_size);
+    let clients = u64::from(args.clients.max(1));
     let bar = progress(args.records, "produce");
     let started = Instant::now();
-    for i in 0..args.records {
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..clients)
+            .map(|client| {
+                let share = args.records / clients + u64::from(client < args.records % clients);
+                let bar = &bar;
+                scope.spawn(move || produce_share(args, topic, share, rate.map(|r| (r / clients).max(1)), bar))
+            })
+            .collect();
+        for worker in workers {
+            worker.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    Ok(Throughput { bytes: args.records * args.record_size as u64, records: args.records, elapsed })
+}
+
+fn produce_share(args: &BenchArgs, topic: &str, records: u64, rate: Option<u64>, bar: &ProgressBar) -> anyhow::Result<()> {
+    let producer = producer(args, "5")?;
+    let value = payload(args.record_size);
+    let started = Instant::now();
+    for i in 0..records {
         if let Some(rate) = rate {
             pace(started, i, rate);
         }
         send(&producer, topic, &value)?;
         if i % 10_000 == 0 {
-            bar.set_position(i);
+            bar.inc(10_000.min(records - i));
             producer.poll(Duration::ZERO);
         }
     }
-    wait_delivered(&producer, args.records)?;
-    let elapsed = started.elapsed();
-    bar.finish_and_clear();
-    Ok(Throughput { bytes: args.records * args.record_size as u64, records: args.records, elapsed })
+    wait_delivered(&producer, records)
 }
 
 fn send(producer: &BaseProducer<Counting>, topic: &str, value: &[u8]) -> anyhow::Result<()> {
@@ -167,7 +186,7 @@ fn pace(started: Instant, sent: u64, rate: u64) {
     }
 }
 
-fn consumer(args: &BenchArgs, topic: &str, offset: Offset) -> anyhow::Result<BaseConsumer> {
+fn consumer(args: &BenchArgs, topic: &str, offset: Offset, partitions: &[i32]) -> anyhow::Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("group.id", "runnel-bench")
@@ -178,44 +197,68 @@ fn consumer(args: &BenchArgs, topic: &str, offset: Offset) -> anyhow::Result<Bas
         .create()
         .context("creating consumer")?;
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..args.partitions {
-        assignment.add_partition_offset(topic, partition, offset)?;
+    for partition in partitions {
+        assignment.add_partition_offset(topic, *partition, offset)?;
     }
     consumer.assign(&assignment)?;
     Ok(consumer)
 }
 
-/// Reads `args.records` records from the beginning of `topic`.
+/// Reads `args.records` records from the beginning of `topic`, the partitions split over
+/// `args.clients` consumers.
 pub(crate) fn consume(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughput> {
-    let consumer = consumer(args, topic, Offset::Beginning)?;
+    let clients = (args.clients.max(1) as usize).min(args.partitions.max(1) as usize);
+    let shares: Vec<Vec<i32>> =
+        (0..clients).map(|c| (0..args.partitions).filter(|p| *p as usize % clients == c).collect()).collect();
     let bar = progress(args.records, "consume");
+    let received = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
     let started = Instant::now();
-    let mut received = 0u64;
-    let mut bytes = 0u64;
-    let mut last_progress = Instant::now();
-    while received < args.records {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                received += 1;
-                bytes += message.payload_len() as u64;
-                last_progress = Instant::now();
-                if received % 10_000 == 0 {
-                    bar.set_position(received);
-                }
-            }
-            Some(Err(e)) => anyhow::bail!("consume error after {received} records: {e}"),
-            None => anyhow::ensure!(last_progress.elapsed() < STALL_TIMEOUT, "consumer stalled at {received} records"),
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let workers: Vec<_> = shares
+            .iter()
+            .map(|partitions| {
+                let (received, bytes, bar) = (&received, &bytes, &bar);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let consumer = consumer(args, topic, Offset::Beginning, partitions)?;
+                    let mut last_progress = Instant::now();
+                    while received.load(Ordering::Relaxed) < args.records {
+                        match consumer.poll(Duration::from_millis(50)) {
+                            Some(Ok(message)) => {
+                                let total = received.fetch_add(1, Ordering::Relaxed) + 1;
+                                bytes.fetch_add(message.payload_len() as u64, Ordering::Relaxed);
+                                last_progress = Instant::now();
+                                if total % 10_000 == 0 {
+                                    bar.set_position(total);
+                                }
+                            }
+                            Some(Err(e)) => anyhow::bail!("consume error: {e}"),
+                            None => anyhow::ensure!(
+                                last_progress.elapsed() < STALL_TIMEOUT,
+                                "consumer stalled at {} records",
+                                received.load(Ordering::Relaxed)
+                            ),
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
         }
-    }
+        Ok(())
+    })?;
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-    Ok(Throughput { bytes, records: received, elapsed })
+    Ok(Throughput { bytes: bytes.into_inner(), records: received.into_inner(), elapsed })
 }
 
 /// Produces at `rate` records/s with the send time in each value, consumes concurrently, and
 /// records each record's produce-to-consume latency.
 pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Result<Latency> {
-    let consumer = consumer(args, topic, Offset::End)?;
+    let all: Vec<i32> = (0..args.partitions).collect();
+    let consumer = consumer(args, topic, Offset::End, &all)?;
     // Let the consumer reach the end before anything is sent, so nothing is missed.
     let warmup = Instant::now();
     while warmup.elapsed() < Duration::from_secs(2) {
