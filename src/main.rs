@@ -28,6 +28,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::TopicCommand,
     },
+    /// List, describe, reset offsets of and delete consumer groups
+    Group {
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+        #[command(subcommand)]
+        command: cli::GroupCommand,
+    },
     /// Produce one record per stdin line
     Produce {
         #[command(flatten)]
@@ -66,6 +73,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { command } => runnel_bench::run(command),
         Command::Serve(args) => runtime()?.block_on(serve::run(args)),
         Command::Topic { connect, command } => runtime()?.block_on(cli::run_topic(&connect, command)),
+        Command::Group { connect, command } => runtime()?.block_on(cli::run_group(&connect, command)),
         Command::Produce { connect, args } => runtime()?.block_on(cli::run_produce(&connect, args)),
         Command::Consume { connect, args } => runtime()?.block_on(cli::run_consume(&connect, args)),
     }

@@ -139,7 +139,13 @@ pub(crate) fn produce(args: &BenchArgs, topic: &str, rate: Option<u64>) -> anyho
     Ok(Throughput { bytes: args.records * args.record_size as u64, records: args.records, elapsed })
 }
 
-fn produce_share(args: &BenchArgs, topic: &str, records: u64, rate: Option<u64>, bar: &ProgressBar) -> anyhow::Result<()> {
+fn produce_share(
+    args: &BenchArgs,
+    topic: &str,
+    records: u64,
+    rate: Option<u64>,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
     let producer = producer(args, "5")?;
     let value = payload(args.record_size);
     let started = Instant::now();
@@ -228,7 +234,7 @@ pub(crate) fn consume(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughpu
                                 let total = received.fetch_add(1, Ordering::Relaxed) + 1;
                                 bytes.fetch_add(message.payload_len() as u64, Ordering::Relaxed);
                                 last_progress = Instant::now();
-                                if total % 10_000 == 0 {
+                                if total.is_multiple_of(10_000) {
                                     bar.set_position(total);
                                 }
                             }
@@ -293,7 +299,7 @@ pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Re
                 histogram.record(latency.min(60_000_000))?;
                 received += 1;
                 last_progress = Instant::now();
-                if received % 1_000 == 0 {
+                if received.is_multiple_of(1_000) {
                     bar.set_position(received);
                 }
             }

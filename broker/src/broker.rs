@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::BrokerConfig;
+use crate::groups::{GroupConfig, GroupCoordinator};
 use crate::metadata::{
     LocalMetadataStore, MetadataCommand, MetadataError, MetadataImage, MetadataStore, TopicMetadata,
 };
-use crate::groups::{GroupConfig, GroupCoordinator};
 use crate::metrics::Metrics;
 use crate::storage::{Clock, PartitionLog, StorageError, SystemClock};
 
@@ -334,7 +334,8 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, BrokerError> {
     let io = |path: &Path, source| BrokerError::Io { path: path.to_path_buf(), source };
     std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir, e))?;
     let path = data_dir.join(".lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| io(&path, e))?;
+    let file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| io(&path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(BrokerError::DataDirLocked { path: data_dir.to_path_buf() }),

@@ -120,6 +120,13 @@ impl Cluster {
         bail!("topic '{topic}' is not ready after {METADATA_ATTEMPTS_MAX} metadata attempts: {last_problem}")
     }
 
+    /// Node ids of the brokers in the last Metadata response, sorted.
+    pub(crate) fn broker_ids(&self) -> Vec<i32> {
+        let mut ids: Vec<i32> = self.brokers.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The connection to `node_id`, opening it on first use.
     pub(crate) async fn leader(&mut self, node_id: i32) -> Result<&mut Client> {
         let address = self

@@ -10,12 +10,15 @@ mod cluster;
 mod consume;
 mod error;
 mod format;
+mod group;
 mod offsets;
 mod partitioner;
 mod produce;
 mod topic;
 
 use clap::{Args, Subcommand, ValueEnum};
+
+pub(crate) use group::GroupCommand;
 
 /// Where the brokers are. Shared by every client command; `global` so that
 /// `runnel topic list --brokers …` works as well as `runnel topic --brokers … list`.
@@ -143,6 +146,10 @@ pub(crate) struct ConsumeArgs {
 
 pub(crate) async fn run_topic(connect: &ConnectArgs, command: TopicCommand) -> anyhow::Result<()> {
     topic::run(connect, command).await
+}
+
+pub(crate) async fn run_group(connect: &ConnectArgs, command: GroupCommand) -> anyhow::Result<()> {
+    group::run(connect, command).await
 }
 
 pub(crate) async fn run_produce(connect: &ConnectArgs, args: ProduceArgs) -> anyhow::Result<()> {

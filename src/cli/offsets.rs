@@ -18,6 +18,8 @@ pub(crate) enum OffsetSpec {
     Earliest,
     /// The log end offset, i.e. the offset the next record will get (timestamp -1).
     Latest,
+    /// The first offset whose record has a timestamp at or after this one (ms); -1 if none.
+    Timestamp(i64),
 }
 
 impl OffsetSpec {
@@ -25,6 +27,7 @@ impl OffsetSpec {
         match self {
             OffsetSpec::Earliest => -2,
             OffsetSpec::Latest => -1,
+            OffsetSpec::Timestamp(ms) => ms,
         }
     }
 }

@@ -41,6 +41,10 @@ const TIMER_IDLE_MS: i64 = 1000;
 const TIMER_GROUPS_PER_RUN: usize = 10_000;
 /// How long after a failed write a group's timer tries again.
 const RETRY_AFTER_FAILURE_MS: i64 = 1000;
+/// A generated member id is `{prefix}-{uuid}`: the uuid and its dash.
+const MEMBER_ID_SUFFIX_BYTES: usize = 37;
+/// Dynamic member ids start with the client id, cut to this length (ids stay short to store).
+const CLIENT_ID_PREFIX_BYTES_MAX: usize = 255;
 
 /// Everything written is durable once the partition is fsynced up to `offset`.
 #[derive(Debug)]
@@ -175,8 +179,14 @@ impl GroupCoordinator {
 
     pub(crate) fn join(&self, broker: &Broker, request: JoinRequest) -> JoinReply {
         let refuse = |error| JoinReply::Now(JoinOutcome::error(&request.member_id, error));
-        if request.group_id.is_empty() {
+        // Everything stored must fit the records' i16-length strings (flexible versions can
+        // carry longer ones); a member id is the instance id plus 37 bytes.
+        let instance_fits = request.group_instance_id.as_ref().is_none_or(|i| storable(i, MEMBER_ID_SUFFIX_BYTES));
+        if request.group_id.is_empty() || !storable(&request.group_id, 0) || !instance_fits {
             return refuse(GroupError::InvalidGroupId);
+        }
+        if !storable(&request.protocol_type, 0) || !request.protocols.iter().all(|p| storable(&p.name, 0)) {
+            return refuse(GroupError::InconsistentGroupProtocol);
         }
         let session = request.session_timeout_ms;
         if session < self.config.min_session_timeout_ms || session > self.config.max_session_timeout_ms {
@@ -201,7 +211,10 @@ impl GroupCoordinator {
             }
             state.groups.insert(request.group_id.clone(), Group::new(request.group_id.clone(), now_ms));
         }
-        let prefix = request.group_instance_id.as_deref().unwrap_or(&request.client_id);
+        let prefix = match &request.group_instance_id {
+            Some(instance) => instance.as_str(),
+            None => truncated(&request.client_id, CLIENT_ID_PREFIX_BYTES_MAX),
+        };
         let new_member_id = format!("{prefix}-{}", uuid::Uuid::new_v4());
         let mut fx = Effects::default();
         let group = state.groups.get_mut(&request.group_id).expect("inserted above");
@@ -307,6 +320,9 @@ impl GroupCoordinator {
             results: request.partitions.iter().map(|_| Err(error)).collect(),
             durable: None,
         };
+        if !storable(&request.group_id, 0) {
+            return all(GroupError::InvalidGroupId);
+        }
         if let Err(error) = self.ensure_offsets_topic(broker) {
             return all(error);
         }
@@ -344,10 +360,8 @@ impl GroupCoordinator {
             Some(topics) => topics
                 .iter()
                 .map(|(topic, partitions)| {
-                    let found = partitions
-                        .iter()
-                        .map(|p| (*p, group.and_then(|g| g.offset(topic, *p)).cloned()))
-                        .collect();
+                    let found =
+                        partitions.iter().map(|p| (*p, group.and_then(|g| g.offset(topic, *p)).cloned())).collect();
                     (topic.clone(), found)
                 })
                 .collect(),
@@ -670,8 +684,12 @@ fn commit_partitions(
         } else if !partition_exists(image, &p.topic, p.partition) {
             Err(GroupError::UnknownTopicOrPartition)
         } else {
-            let offset =
-                CommittedOffset { offset: p.offset, leader_epoch: p.leader_epoch, metadata, commit_timestamp_ms: now_ms };
+            let offset = CommittedOffset {
+                offset: p.offset,
+                leader_epoch: p.leader_epoch,
+                metadata,
+                commit_timestamp_ms: now_ms,
+            };
             accepted.push((index, offset));
             Ok(())
         };
@@ -699,6 +717,20 @@ fn commit_partitions(
             CommitReply { results, durable: None }
         }
     }
+}
+
+/// Whether `text` plus `extra_bytes` fits an i16-length string of the stored records.
+fn storable(text: &str, extra_bytes: usize) -> bool {
+    text.len() + extra_bytes <= i16::MAX as usize
+}
+
+/// `text` cut to at most `max_bytes`, on a character boundary.
+fn truncated(text: &str, max_bytes: usize) -> &str {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn partition_exists(image: &MetadataImage, topic: &str, partition: i32) -> bool {

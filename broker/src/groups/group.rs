@@ -282,10 +282,6 @@ impl Group {
         self.state_timestamp_ms
     }
 
-    pub(crate) fn member_count(&self) -> usize {
-        self.members.len()
-    }
-
     /// Members in join order.
     pub(crate) fn members(&self) -> Vec<&Member> {
         let mut members: Vec<&Member> = self.members.values().collect();
@@ -616,7 +612,7 @@ impl Group {
                 JoinStep::Wait(new_member_id)
             }
             GroupState::PreparingRebalance => {
-                self.maybe_complete_join_phase(now_ms, config, fx);
+                self.maybe_complete_join_phase(now_ms, fx);
                 JoinStep::Wait(new_member_id)
             }
             GroupState::Empty | GroupState::Dead => {
@@ -657,7 +653,7 @@ impl Group {
             GroupState::Stable | GroupState::CompletingRebalance | GroupState::Empty => {
                 self.prepare_rebalance(now_ms, config, fx)
             }
-            GroupState::PreparingRebalance | GroupState::Dead => self.maybe_complete_join_phase(now_ms, config, fx),
+            GroupState::PreparingRebalance | GroupState::Dead => self.maybe_complete_join_phase(now_ms, fx),
         }
     }
 
@@ -668,6 +664,7 @@ impl Group {
         self.pending_sync.clear();
         self.sync_deadline = None;
         let initial = self.state == GroupState::Empty;
+        tracing::debug!(group = %self.id, from = self.state.name(), generation = self.generation_id, "preparing rebalance");
         self.transition(GroupState::PreparingRebalance, now_ms);
         if initial {
             let delay_ms = config.initial_rebalance_delay_ms.clamp(0, REBALANCE_TIMEOUT_MAX_MS);
@@ -678,7 +675,7 @@ impl Group {
         } else {
             self.initial_join = None;
             if self.all_members_joined() {
-                self.complete_join(now_ms, config, fx);
+                self.complete_join(now_ms, fx);
             } else {
                 self.join_deadline_ms = Some(now_ms + self.rebalance_timeout_ms());
             }
@@ -687,12 +684,12 @@ impl Group {
 
     /// Completes the join round early once every member rejoined (never during the initial
     /// delay, which exists to gather members).
-    fn maybe_complete_join_phase(&mut self, now_ms: i64, config: &GroupConfig, fx: &mut Effects) {
+    fn maybe_complete_join_phase(&mut self, now_ms: i64, fx: &mut Effects) {
         if self.state == GroupState::PreparingRebalance
             && self.previous_state != GroupState::Empty
             && self.all_members_joined()
         {
-            self.complete_join(now_ms, config, fx);
+            self.complete_join(now_ms, fx);
         }
     }
 
@@ -700,20 +697,21 @@ impl Group {
         if let Some(initial) = self.initial_join {
             if self.new_member_added && initial.remaining_ms > 0 {
                 self.new_member_added = false;
-                let delay_ms = config.initial_rebalance_delay_ms.clamp(0, REBALANCE_TIMEOUT_MAX_MS).min(initial.remaining_ms);
+                let delay_ms =
+                    config.initial_rebalance_delay_ms.clamp(0, REBALANCE_TIMEOUT_MAX_MS).min(initial.remaining_ms);
                 let remaining_ms = (initial.remaining_ms - initial.delay_ms).max(0);
                 self.initial_join = Some(InitialJoin { delay_ms, remaining_ms });
                 self.join_deadline_ms = Some(now_ms + delay_ms);
                 return;
             }
         }
-        self.complete_join(now_ms, config, fx);
+        self.complete_join(now_ms, fx);
     }
 
     /// Ends the join round: dynamic members that did not rejoin are removed, the generation
     /// moves on, and every waiting member gets its JoinGroup response (the leader with the
     /// member list).
-    fn complete_join(&mut self, now_ms: i64, config: &GroupConfig, fx: &mut Effects) {
+    fn complete_join(&mut self, now_ms: i64, fx: &mut Effects) {
         self.join_deadline_ms = None;
         self.initial_join = None;
         let not_rejoined: Vec<String> = self
@@ -744,6 +742,7 @@ impl Group {
         }
         self.protocol_name = self.select_protocol();
         self.transition(GroupState::CompletingRebalance, now_ms);
+        tracing::info!(group = %self.id, generation = self.generation_id, members = self.members.len(), protocol = ?self.protocol_name, "join round complete");
         let leader_members = self.current_members();
         let template = self.generation_outcome("", false);
         let ids: Vec<String> = self.members.keys().cloned().collect();
@@ -759,7 +758,6 @@ impl Group {
             member.session_deadline_ms = now_ms + i64::from(member.session_timeout_ms);
             self.pending_sync.insert(member_id);
         }
-        let _ = config;
         self.sync_deadline = Some((now_ms + self.rebalance_timeout_ms(), self.generation_id));
     }
 
@@ -821,7 +819,7 @@ impl Group {
             GroupState::Stable | GroupState::CompletingRebalance => {
                 self.maybe_prepare_rebalance_or_complete_join(now_ms, config, fx)
             }
-            GroupState::PreparingRebalance if self.all_members_joined() => self.complete_join(now_ms, config, fx),
+            GroupState::PreparingRebalance if self.all_members_joined() => self.complete_join(now_ms, fx),
             _ => {}
         }
     }
@@ -842,9 +840,7 @@ impl Group {
         if request.generation_id != self.generation_id {
             return refuse(GroupError::IllegalGeneration);
         }
-        let inconsistent = |asked: &Option<String>, current: &Option<String>| {
-            matches!((asked, current), (Some(asked), Some(current)) if asked != current)
-        };
+        let inconsistent = |asked: &Option<String>, current: &Option<String>| matches!((asked, current), (Some(asked), Some(current)) if asked != current);
         if inconsistent(&request.protocol_type, &self.protocol_type)
             || inconsistent(&request.protocol_name, &self.protocol_name)
         {
@@ -996,7 +992,7 @@ impl Group {
                 GroupState::Stable | GroupState::CompletingRebalance => {
                     self.maybe_prepare_rebalance_or_complete_join(now_ms, config, fx)
                 }
-                GroupState::PreparingRebalance => self.maybe_complete_join_phase(now_ms, config, fx),
+                GroupState::PreparingRebalance => self.maybe_complete_join_phase(now_ms, fx),
                 _ => {}
             }
         }
@@ -1121,15 +1117,20 @@ impl Group {
     /// Runs every deadline that has passed: pending member ids never used, sessions without
     /// heartbeat, members that never sent SyncGroup, and the end of a join round.
     pub(crate) fn advance(&mut self, now_ms: i64, config: &GroupConfig, fx: &mut Effects) {
-        let expired_pending: Vec<String> =
-            self.pending_members.iter().filter(|(_, deadline)| **deadline <= now_ms).map(|(id, _)| id.clone()).collect();
+        let expired_pending: Vec<String> = self
+            .pending_members
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
         for member_id in expired_pending {
             self.remove(&member_id, fx);
             if self.state == GroupState::PreparingRebalance && self.all_members_joined() {
-                self.complete_join(now_ms, config, fx);
+                self.complete_join(now_ms, fx);
             }
         }
-        let expired: Vec<String> = self.members.values().filter(|m| m.session_expired(now_ms)).map(|m| m.member_id.clone()).collect();
+        let expired: Vec<String> =
+            self.members.values().filter(|m| m.session_expired(now_ms)).map(|m| m.member_id.clone()).collect();
         for member_id in expired {
             // An earlier removal may have completed a round and restarted this session.
             if self.members.get(&member_id).is_some_and(|m| m.session_expired(now_ms)) {
@@ -1158,7 +1159,8 @@ impl Group {
 
     /// The earliest time [`Group::advance`] has something to do, if any.
     pub(crate) fn next_deadline(&self, config: &GroupConfig) -> Option<i64> {
-        let sessions = self.members.values().filter(|m| !m.awaiting_join && !m.awaiting_sync).map(|m| m.session_deadline_ms);
+        let sessions =
+            self.members.values().filter(|m| !m.awaiting_join && !m.awaiting_sync).map(|m| m.session_deadline_ms);
         let join = self.join_deadline_ms.filter(|_| self.state == GroupState::PreparingRebalance);
         self.pending_members
             .values()

@@ -26,13 +26,8 @@ mod records;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use coordinator::{
-    CommitPartition, CommitReply, CommitRequest, Durable, GroupCoordinator, GroupListing, JoinReply, SyncReply,
-    OFFSETS_TOPIC,
-};
-pub(crate) use group::{
-    CommittedOffset, GroupDescription, GroupState, JoinOutcome, JoinRequest, Protocol, SyncOutcome, SyncRequest,
-};
+pub(crate) use coordinator::{CommitPartition, CommitReply, CommitRequest, GroupCoordinator, JoinReply, SyncReply};
+pub(crate) use group::{CommittedOffset, JoinOutcome, JoinRequest, Protocol, SyncOutcome, SyncRequest};
 
 use kafka_protocol::ResponseError;
 

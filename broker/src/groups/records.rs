@@ -287,10 +287,7 @@ mod tests {
     #[test]
     fn keys_and_offset_values_round_trip() {
         let key = offset_key("g", "orders", 7);
-        assert_eq!(
-            decode_key(&key),
-            Ok(RecordKey::Offset { group: "g".into(), topic: "orders".into(), partition: 7 })
-        );
+        assert_eq!(decode_key(&key), Ok(RecordKey::Offset { group: "g".into(), topic: "orders".into(), partition: 7 }));
         assert_eq!(decode_key(&group_key("g")), Ok(RecordKey::Group { group: "g".into() }));
         let offset = CommittedOffset { offset: 42, leader_epoch: 3, metadata: "m".into(), commit_timestamp_ms: 9 };
         assert_eq!(decode_offset_value(&offset_value(&offset)), Ok(offset));

@@ -43,13 +43,30 @@ pub enum MetadataError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MetadataCommand {
-    CreateTopic { name: String, topic_id: String, partitions: i32, configs: BTreeMap<String, String> },
-    DeleteTopic { name: String },
-    CreatePartitions { name: String, total: i32 },
-    AlterTopicConfig { name: String, set: BTreeMap<String, String>, delete: Vec<String> },
+    CreateTopic {
+        name: String,
+        topic_id: String,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        total: i32,
+    },
+    AlterTopicConfig {
+        name: String,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    },
     /// Reserves producer ids `[first, first + count)`; ids are never handed out twice, even
     /// across restarts, because the reservation is logged before any id in it is used.
-    AllocateProducerIds { first: i64, count: i64 },
+    AllocateProducerIds {
+        first: i64,
+        count: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

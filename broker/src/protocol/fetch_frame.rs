@@ -104,7 +104,8 @@ mod tests {
             partition.high_watermark = 1000 + i as i64;
             partition.last_stable_offset = 1000 + i as i64;
             partition.log_start_offset = 0;
-            partition.aborted_transactions = if i % 2 == 0 { Some(Vec::new()) } else { Some(vec![AbortedTransaction::default()]) };
+            partition.aborted_transactions =
+                if i % 2 == 0 { Some(Vec::new()) } else { Some(vec![AbortedTransaction::default()]) };
             partition.records = Some(Bytes::from((0..*size).map(|b| (b * 7 % 251) as u8).collect::<Vec<u8>>()));
             topic.partitions.push(partition);
         }

@@ -58,7 +58,7 @@ pub(crate) fn decode_offset_index(bytes: &[u8], log_bytes: u64) -> (Vec<OffsetEn
         }
         entries.push(entry);
     }
-    (entries, bytes.len() % OFFSET_ENTRY_BYTES == 0)
+    (entries, bytes.len().is_multiple_of(OFFSET_ENTRY_BYTES))
 }
 
 /// Decodes a time index, keeping the longest prefix with non-decreasing timestamps and offsets.
@@ -76,7 +76,7 @@ pub(crate) fn decode_time_index(bytes: &[u8]) -> (Vec<TimeEntry>, bool) {
         }
         entries.push(entry);
     }
-    (entries, bytes.len() % TIME_ENTRY_BYTES == 0)
+    (entries, bytes.len().is_multiple_of(TIME_ENTRY_BYTES))
 }
 
 /// The entry with the largest relative offset not above `relative_offset`.

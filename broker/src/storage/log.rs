@@ -451,7 +451,8 @@ impl PartitionLog {
     /// Rebuilds producer state: the newest snapshot, then the batch headers after it.
     fn recover_producers(&mut self) -> Result<()> {
         let end = self.log_end_offset();
-        let (mut offset, states) = producers::load_snapshot(&self.dir, end).unwrap_or((self.log_start_offset, ProducerStates::default()));
+        let (mut offset, states) =
+            producers::load_snapshot(&self.dir, end).unwrap_or((self.log_start_offset, ProducerStates::default()));
         self.producers = states;
         offset = offset.max(self.log_start_offset);
         let first = self.segments.range(..=offset).next_back().map(|(b, _)| *b).unwrap_or(self.log_start_offset);
