@@ -1,7 +1,7 @@
 """Client helpers shared by the tests: confluent-kafka (librdkafka) and kafka-python.
 
-The broker has no consumer groups yet, so every consumer here assigns partitions explicitly
-and never commits. Every wait is bounded in time and every loop in count.
+Consumers here assign partitions explicitly and never commit (group behaviour has its own
+tests in test_groups_*.py). Every wait is bounded in time and every loop in count.
 """
 
 from __future__ import annotations
