@@ -60,6 +60,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Output piped into `head` and the like: the reader left, which is not an error.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -77,6 +79,12 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Produce { connect, args } => runtime()?.block_on(cli::run_produce(&connect, args)),
         Command::Consume { connect, args } => runtime()?.block_on(cli::run_consume(&connect, args)),
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
