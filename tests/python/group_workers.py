@@ -560,6 +560,18 @@ def group_scenario(broker_factory, tmp_path):
         scenario.kill_all()
 
 
+PARTITIONS = 6
+
+
+def make_topic(broker, prefix: str) -> str:
+    """A fresh topic with PARTITIONS partitions."""
+    from clients import create_topic, unique_topic
+
+    topic = unique_topic(prefix)
+    create_topic(broker.bootstrap, topic, PARTITIONS)
+    return topic
+
+
 def phase(s: GroupScenario, names: Iterable[str], count: int) -> dict[int, str]:
     """Wait for `names` to settle on a complete disjoint assignment, produce `count` records,
     and check each was consumed exactly once, by its partition's owner, and committed."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 import threading
 import time
 
-from clients import create_topic, unique_topic
 from group_workers import (  # noqa: F401  (group_scenario is a fixture)
+    PARTITIONS,
+    make_topic,
     GROUP_BROKER_SETS,
     HEARTBEAT_INTERVAL_MS,
     SESSION_TIMEOUT_MS,
@@ -23,15 +24,6 @@ from group_workers import (  # noqa: F401  (group_scenario is a fixture)
     wait_state,
     wait_until,
 )
-
-PARTITIONS = 6
-
-
-def make_topic(broker, prefix):
-    topic = unique_topic(prefix)
-    create_topic(broker.bootstrap, topic, PARTITIONS)
-    return topic
-
 
 def test_group_join_leave_and_crash(broker_factory, group_scenario):
     broker = broker_factory(sets=GROUP_BROKER_SETS)

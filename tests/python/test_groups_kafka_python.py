@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 
-from clients import create_topic, unique_topic
 from group_workers import (  # noqa: F401  (group_scenario is a fixture)
+    PARTITIONS,
+    make_topic,
     GROUP_BROKER_SETS,
     SESSION_TIMEOUT_MS,
     group_scenario,
@@ -15,15 +16,6 @@ from group_workers import (  # noqa: F401  (group_scenario is a fixture)
     static_member_restart,
     wait_state,
 )
-
-PARTITIONS = 6
-
-
-def make_topic(broker, prefix):
-    topic = unique_topic(prefix)
-    create_topic(broker.bootstrap, topic, PARTITIONS)
-    return topic
-
 
 def test_kafka_python_group_join_leave_and_broker_restart(broker_factory, group_scenario):
     broker = broker_factory(sets=GROUP_BROKER_SETS)
