@@ -25,6 +25,7 @@ from group_workers import (  # noqa: F401  (group_scenario is a fixture)
     wait_until,
 )
 
+
 def test_group_join_leave_and_crash(broker_factory, group_scenario):
     broker = broker_factory(sets=GROUP_BROKER_SETS)
     s = group_scenario("confluent", broker, make_topic(broker, "grp"), PARTITIONS)

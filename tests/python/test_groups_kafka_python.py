@@ -17,6 +17,7 @@ from group_workers import (  # noqa: F401  (group_scenario is a fixture)
     wait_state,
 )
 
+
 def test_kafka_python_group_join_leave_and_broker_restart(broker_factory, group_scenario):
     broker = broker_factory(sets=GROUP_BROKER_SETS)
     s = group_scenario("kafka-python", broker, make_topic(broker, "kp-grp"), PARTITIONS)

@@ -24,7 +24,7 @@ mod group;
 mod records;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub(crate) use coordinator::{CommitPartition, CommitReply, CommitRequest, GroupCoordinator, JoinReply, SyncReply};
 pub(crate) use group::{CommittedOffset, JoinOutcome, JoinRequest, Protocol, SyncOutcome, SyncRequest};

@@ -14,8 +14,8 @@ fn config() -> GroupConfig {
     GroupConfig { initial_rebalance_delay_ms: 100, ..GroupConfig::default() }
 }
 
-/// Consumer-protocol subscription metadata (version 0) for `topics`.
-fn subscription(topics: &[&str]) -> Bytes {
+/// Consumer-protocol subscription metadata (version 0) for `topics`; handler tests use it too.
+pub(crate) fn subscription(topics: &[&str]) -> Bytes {
     let mut buf = BytesMut::new();
     buf.put_i16(0);
     buf.put_i32(topics.len() as i32);

@@ -568,18 +568,7 @@ mod tests {
         broker.propose(command).expect("topic created");
     }
 
-    fn subscription(topics: &[&str]) -> Bytes {
-        use bytes::BufMut;
-        let mut buf = bytes::BytesMut::new();
-        buf.put_i16(0);
-        buf.put_i32(topics.len() as i32);
-        for topic in topics {
-            buf.put_i16(topic.len() as i16);
-            buf.put_slice(topic.as_bytes());
-        }
-        buf.put_i32(-1);
-        buf.freeze()
-    }
+    use crate::groups::tests::subscription;
 
     fn join_request(group: &str, member_id: &str, instance: Option<&str>, version: i16) -> JoinGroupRequest {
         let mut request = JoinGroupRequest::default();
