@@ -9,6 +9,7 @@
 //! ```
 
 mod ceiling;
+mod group;
 mod kafka;
 
 use std::time::Duration;
@@ -27,6 +28,17 @@ pub enum BenchCommand {
     E2e(E2eArgs),
     /// Everything in one run: ceiling, produce acks=1 and acks=all, consume, e2e at half peak
     All(BenchArgs),
+    /// Consumer-group throughput: the same topic read by groups of each size in `--members`
+    Group(GroupArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GroupArgs {
+    #[command(flatten)]
+    pub common: BenchArgs,
+    /// Group sizes to measure, each a fresh group reading the whole topic
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    pub members: Vec<u32>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -138,6 +150,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             report_latency(args.rate, latency);
         }
         BenchCommand::All(args) => run_all(args)?,
+        BenchCommand::Group(args) => run_group(args)?,
     }
     Ok(())
 }
@@ -174,6 +187,52 @@ fn run_all(args: BenchArgs) -> anyhow::Result<()> {
     println!("  consume / ceiling               {:>9.2}   (target ≥ 0.80)", consume.mb_per_s() / ceiling.mb_per_s());
     println!("  e2e p99 at half peak ({half_peak} rec/s) {:>6.2} ms (target < 5 ms)", latency.p99_us as f64 / 1000.0);
     Ok(())
+}
+
+fn run_group(args: GroupArgs) -> anyhow::Result<()> {
+    let common = args.common;
+    let topic = kafka::prepare_topic(&common)?;
+    let produced = kafka::produce(&common, &topic, None)?;
+    report_plain("produce", &common, produced);
+    let mut runs = Vec::new();
+    for members in &args.members {
+        let run = group::consume_with_group(&common, &topic, *members)?;
+        println!(
+            "group of {}: formed in {:.2} s, then {:.1} MB/s, {:.0} records/s ({} records in {:.2} s)",
+            run.members,
+            run.join.as_secs_f64(),
+            run.throughput.mb_per_s(),
+            run.throughput.records_per_s(),
+            run.throughput.records,
+            run.throughput.elapsed.as_secs_f64()
+        );
+        runs.push(run);
+    }
+    if let Some(first) = runs.first() {
+        println!();
+        println!("summary ({} records of {} B, {} partitions):", common.records, common.record_size, common.partitions);
+        for run in &runs {
+            println!(
+                "  group of {:<2} {:>10.0} records/s = {:.2} of the group of {}",
+                run.members,
+                run.throughput.records_per_s(),
+                run.throughput.records_per_s() / first.throughput.records_per_s().max(1e-9),
+                first.members
+            );
+        }
+    }
+    Ok(())
+}
+
+fn report_plain(name: &str, args: &BenchArgs, result: Throughput) {
+    println!(
+        "{name}: {:.1} MB/s, {:.0} records/s ({} records of {} B in {:.2} s)",
+        result.mb_per_s(),
+        result.records_per_s(),
+        result.records,
+        args.record_size,
+        result.elapsed.as_secs_f64()
+    );
 }
 
 fn report_ceiling(args: &BenchArgs) -> anyhow::Result<Throughput> {
