@@ -2,6 +2,7 @@
 
 mod cli;
 mod serve;
+mod wasm;
 
 #[global_allocator]
 static GLOBAL: runnel_broker::alloc::Allocator = runnel_broker::alloc::Allocator;
@@ -49,6 +50,13 @@ enum Command {
         #[command(flatten)]
         args: cli::ConsumeArgs,
     },
+    /// Deploy and operate WASM transforms (through the admin API)
+    Transform {
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+        #[command(subcommand)]
+        command: cli::TransformCommand,
+    },
     /// Benchmark a running broker with librdkafka; results are ratios to this machine's ceiling
     Bench {
         #[command(subcommand)]
@@ -78,6 +86,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Group { connect, command } => runtime()?.block_on(cli::run_group(&connect, command)),
         Command::Produce { connect, args } => runtime()?.block_on(cli::run_produce(&connect, args)),
         Command::Consume { connect, args } => runtime()?.block_on(cli::run_consume(&connect, args)),
+        Command::Transform { connect, command } => runtime()?.block_on(cli::run_transform(&connect, command)),
     }
 }
 

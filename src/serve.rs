@@ -71,7 +71,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let broker = tokio::task::spawn_blocking(move || runnel_broker::Broker::open(config))
         .await?
         .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
-    runnel_broker::server::serve(broker, shutdown_signal()).await?;
+    let factory = crate::wasm::factory(&data_dir)?;
+    let service = runnel_runtime::transform::TransformService::start(std::sync::Arc::clone(&broker), factory)
+        .context("starting transforms")?;
+    let routes = runnel_runtime::transform::http::routes(std::sync::Arc::clone(&service));
+    let listeners = runnel_broker::server::Listeners::bind(&broker).await?;
+    // Transforms stop at a batch boundary before the server drains and the logs close.
+    let shutdown = async move {
+        shutdown_signal().await;
+        service.shutdown().await;
+    };
+    runnel_broker::server::serve_with_routes(broker, listeners, routes, shutdown).await?;
     Ok(())
 }
 

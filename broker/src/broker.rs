@@ -239,11 +239,11 @@ impl Broker {
         Ok(id)
     }
 
-    pub(crate) fn notify_appended(&self) {
+    pub fn notify_appended(&self) {
         self.appended.send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
-    pub(crate) fn subscribe_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn subscribe_appends(&self) -> tokio::sync::watch::Receiver<u64> {
         self.appended.subscribe()
     }
 

@@ -19,6 +19,7 @@ pub mod alloc;
 pub mod config;
 mod groups;
 pub mod metadata;
+pub mod partitioner;
 pub mod protocol;
 pub mod server;
 pub mod storage;
@@ -26,4 +27,4 @@ pub mod storage;
 mod broker;
 mod metrics;
 
-pub use broker::{Broker, BrokerError};
+pub use broker::{Broker, BrokerError, Partition};

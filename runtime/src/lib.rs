@@ -1,6 +1,8 @@
-//! The compute that runs next to Runnel's partitions: the wasmtime host, transforms, connectors
-//! and the SQL engine.
+//! The compute that runs next to Runnel's partitions: transforms (user WebAssembly run beside
+//! each input partition), and later connectors and the SQL engine.
 //!
-//! Nothing lives here yet: the broker (`runnel-broker`) lands first, and this crate is where
-//! the WASM and SQL work attaches (see `docs/ARCHITECTURE.md`). It is kept in the workspace so
-//! the layout that later issues build on is fixed from the start.
+//! The [`transform`] service reads input partitions straight from the broker's log and writes
+//! outputs through the local append path; the code it runs sits behind
+//! [`transform::ProcessorFactory`], implemented by the WASM host.
+
+pub mod transform;

@@ -5,6 +5,7 @@
 //! metadata and leader connections on top; `topic`, `produce` and `consume` are the commands;
 //! `partitioner`, `format` and `error` are pure helpers with unit tests.
 
+mod admin_http;
 mod client;
 mod cluster;
 mod consume;
@@ -12,13 +13,15 @@ mod error;
 mod format;
 mod group;
 mod offsets;
-mod partitioner;
+use runnel_broker::partitioner;
 mod produce;
 mod topic;
+mod transform;
 
 use clap::{Args, Subcommand, ValueEnum};
 
 pub(crate) use group::GroupCommand;
+pub(crate) use transform::{run as run_transform, TransformCommand};
 
 /// Where the brokers are. Shared by every client command; `global` so that
 /// `runnel topic list --brokers …` works as well as `runnel topic --brokers … list`.
@@ -29,7 +32,6 @@ pub(crate) struct ConnectArgs {
     pub(crate) brokers: String,
     /// Admin HTTP address
     #[arg(long, global = true, env = "RUNNEL_ADMIN", default_value = "http://127.0.0.1:9644")]
-    #[allow(dead_code, reason = "part of the shared connection flags; read by admin commands in main.rs")]
     pub(crate) admin: String,
 }
 

@@ -195,7 +195,9 @@ pub(crate) fn encode_batch(records: &[KeyValue], timestamp_ms: i64) -> Result<By
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: index as i64,
-            sequence: -1,
+            // kafka-protocol starts a new batch wherever `offset - sequence` changes: counting
+            // up from -1 keeps one batch (base sequence -1), so a commit is appended atomically.
+            sequence: index as i32 - 1,
             timestamp: timestamp_ms,
             key: Some(key.clone()),
             value: value.clone(),

@@ -22,13 +22,15 @@ struct AdminState {
 pub(super) async fn run(
     broker: Arc<Broker>,
     listener: TcpListener,
+    routes: Router,
     ready: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let app = Router::new()
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
-        .with_state(AdminState { broker, ready });
+        .with_state(AdminState { broker, ready })
+        .merge(routes);
     let shutdown = async move {
         let _ = stop.changed().await;
     };

@@ -75,10 +75,26 @@ pub async fn serve_on(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    serve_with_routes(broker, listeners, axum::Router::new(), shutdown).await
+}
+
+/// Serves like [`serve_on`], with `routes` (e.g. the runtime's `/v1/transforms`) merged into
+/// the admin HTTP endpoint next to health and metrics.
+pub async fn serve_with_routes(
+    broker: Arc<Broker>,
+    listeners: Listeners,
+    routes: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let admin =
-        tokio::spawn(admin_http::run(Arc::clone(&broker), listeners.admin, Arc::clone(&ready), stop_rx.clone()));
+    let admin = tokio::spawn(admin_http::run(
+        Arc::clone(&broker),
+        listeners.admin,
+        routes,
+        Arc::clone(&ready),
+        stop_rx.clone(),
+    ));
     let background = tokio::spawn(background_tasks(Arc::clone(&broker), stop_rx.clone()));
 
     let connections = Arc::new(Semaphore::new(broker.config.max_connections));

@@ -4,19 +4,19 @@
 
 /// Chooses partitions for records without an explicit `--partition`.
 #[derive(Debug)]
-pub(crate) struct Partitioner {
+pub struct Partitioner {
     partition_count: u32,
     /// Next partition for keyless records; advances by one per record.
     round_robin_next: u32,
 }
 
 impl Partitioner {
-    pub(crate) fn new(partition_count: u32) -> Partitioner {
+    pub fn new(partition_count: u32) -> Partitioner {
         assert!(partition_count > 0, "a topic has at least one partition");
         Partitioner { partition_count, round_robin_next: 0 }
     }
 
-    pub(crate) fn partition(&mut self, key: Option<&[u8]>) -> i32 {
+    pub fn partition(&mut self, key: Option<&[u8]>) -> i32 {
         let chosen = match key {
             Some(key) => partition_for_key(key, self.partition_count),
             None => {
@@ -32,19 +32,19 @@ impl Partitioner {
 }
 
 /// Kafka's `Utils.toPositive(Utils.murmur2(key)) % numPartitions`.
-pub(crate) fn partition_for_key(key: &[u8], partition_count: u32) -> u32 {
+pub fn partition_for_key(key: &[u8], partition_count: u32) -> u32 {
     assert!(partition_count > 0, "a topic has at least one partition");
     to_positive(murmur2(key)) % partition_count
 }
 
 /// Java's `Utils.toPositive`: clears the sign bit (not `abs`, which overflows on MIN).
-pub(crate) fn to_positive(number: i32) -> u32 {
+pub fn to_positive(number: i32) -> u32 {
     (number & 0x7fff_ffff) as u32
 }
 
 /// Kafka's `Utils.murmur2` (MurmurHash2, 32-bit, seed 0x9747b28c), bit for bit. Java `int`
 /// arithmetic wraps and `>>>` is a logical shift, hence u32 throughout.
-pub(crate) fn murmur2(data: &[u8]) -> i32 {
+pub fn murmur2(data: &[u8]) -> i32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;

@@ -1,0 +1,79 @@
+//! The seam between a partition's runner and the code it runs: the runner hands a batch of
+//! records and the committed state in, and gets output records and staged state changes back.
+//! The WASM host implements it (see `wasm_processor`); tests use native closures.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// One input record as the runner read it from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InRecord {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// One output record; `output` indexes the transform's outputs in deploy order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    pub output: u32,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// A state change staged by one batch: `None` deletes the key.
+pub type StateChange = (Vec<u8>, Option<Vec<u8>>);
+
+/// The committed key-value state of one (transform, partition) instance.
+pub type StateMap = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// What one batch produced. Nothing of it is visible until the runner commits it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Processed {
+    pub records: Vec<OutRecord>,
+    pub state_changes: Vec<StateChange>,
+}
+
+/// Why a batch failed; the transform's `--on-error` policy decides what happens next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct Failure {
+    /// A short machine-readable kind: `trap`, `deadline`, `memory`, `output`, `guest`, ...
+    pub kind: String,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Failure {
+        Failure { kind: kind.into(), message: message.into() }
+    }
+}
+
+/// Where a processor's log lines go: a bounded ring shown by `runnel transform logs`.
+pub trait LogSink: Send + Sync {
+    fn line(&self, level: &str, message: &str);
+}
+
+/// Runs batches for one (transform, input partition). Called from a blocking thread.
+pub trait Processor: Send {
+    fn process(&mut self, partition: i32, records: &[InRecord], state: &StateMap) -> Result<Processed, Failure>;
+}
+
+/// Builds processors from a module. One factory per process (it owns the WASM engine).
+pub trait ProcessorFactory: Send + Sync {
+    /// Checks a module at deploy (it compiles, exports the ABI, speaks a known ABI version).
+    fn validate(&self, module: &[u8]) -> Result<(), Failure>;
+    /// A fresh instance for one input partition.
+    fn instantiate(
+        &self,
+        module: &[u8],
+        env: &BTreeMap<String, String>,
+        log: Arc<dyn LogSink>,
+    ) -> Result<Box<dyn Processor>, Failure>;
+}
