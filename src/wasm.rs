@@ -15,9 +15,7 @@ impl ProcessorFactory for NoEngine {
 
     fn instantiate(
         &self,
-        _module: &[u8],
-        _env: &std::collections::BTreeMap<String, String>,
-        _log: Arc<dyn runnel_runtime::transform::LogSink>,
+        _setup: runnel_runtime::transform::InstanceSetup<'_>,
     ) -> Result<Box<dyn runnel_runtime::transform::Processor>, Failure> {
         Err(Failure::new("engine", "this build has no WASM engine"))
     }

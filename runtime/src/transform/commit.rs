@@ -8,7 +8,7 @@ use runnel_broker::partitioner::partition_for_key;
 
 use super::checkpoint::{encode_commit, Checkpoint, PendingOutput, Restored};
 use super::log_io;
-use super::processor::{Processed, StateMap};
+use super::processor::{Processed, SharedState};
 use super::records::{encode_batch, Outgoing};
 use super::runner::{Instance, Position};
 use super::spec::StartFrom;
@@ -34,7 +34,7 @@ impl Instance {
         })
         .await
         .map_err(|e| TransformError::Internal(e.to_string()))??;
-        let state = restored.state;
+        let state = SharedState::new(restored.state);
         let checkpoint = match restored.checkpoint {
             Some(checkpoint) => {
                 for pending in &checkpoint.pending {
@@ -103,7 +103,7 @@ impl Instance {
         for pending in &checkpoint.pending {
             self.append_with_retry(pending).await?;
         }
-        apply_changes(&mut position.state, processed.state_changes);
+        position.state.apply(&processed.state_changes);
         self.broker.notify_appended();
         self.publish(&checkpoint);
         position.checkpoint = checkpoint;
@@ -177,19 +177,6 @@ impl Instance {
                     tokio::time::sleep(APPEND_BACKOFF * attempt).await;
                 }
                 Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-fn apply_changes(state: &mut StateMap, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
-    for (key, value) in changes {
-        match value {
-            Some(value) => {
-                state.insert(key, value);
-            }
-            None => {
-                state.remove(&key);
             }
         }
     }

@@ -19,7 +19,10 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use processor::{Failure, InRecord, LogSink, OutRecord, Processed, Processor, ProcessorFactory, StateMap};
+pub use processor::{
+    Failure, InRecord, InstanceSetup, LogSink, OutRecord, Processed, Processor, ProcessorFactory, SharedState,
+    StateChange, StateMap,
+};
 pub use runner::InstanceState;
 pub use service::{InstanceInfo, TransformInfo, TransformService};
 pub use spec::{OnError, StartFrom, TransformSpec};

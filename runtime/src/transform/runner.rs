@@ -14,7 +14,9 @@ use tokio::sync::watch;
 
 use super::checkpoint::Checkpoint;
 use super::log_io;
-use super::processor::{Failure, InRecord, LogSink, OutRecord, Processed, Processor, ProcessorFactory, StateMap};
+use super::processor::{
+    Failure, InRecord, InstanceSetup, LogSink, OutRecord, Processed, Processor, ProcessorFactory, SharedState,
+};
 use super::records::decode_input;
 use super::spec::{OnError, TransformSpec};
 use super::TransformError;
@@ -118,7 +120,7 @@ pub(crate) struct Instance {
     pub(crate) control: watch::Receiver<Control>,
 }
 
-type Isolated = ((Box<dyn Processor>, StateMap), (Processed, Vec<(InRecord, Failure)>));
+type Isolated = (Box<dyn Processor>, (Processed, Vec<(InRecord, Failure)>));
 
 /// Refuses outputs addressed to an index that names no output.
 fn check_outputs(processed: Processed, outputs: usize) -> Result<Processed, Failure> {
@@ -131,23 +133,10 @@ fn check_outputs(processed: Processed, outputs: usize) -> Result<Processed, Fail
     Ok(processed)
 }
 
-fn apply_to(state: &mut StateMap, changes: &[super::processor::StateChange]) {
-    for (key, value) in changes {
-        match value {
-            Some(value) => {
-                state.insert(key.clone(), value.clone());
-            }
-            None => {
-                state.remove(key);
-            }
-        }
-    }
-}
-
 /// The live state of a running instance between batches.
 pub(super) struct Position {
     pub(super) checkpoint: Checkpoint,
-    pub(super) state: StateMap,
+    pub(super) state: Arc<SharedState>,
 }
 
 impl Instance {
@@ -166,7 +155,7 @@ impl Instance {
 
     async fn run_inner(&mut self) -> Result<(), TransformError> {
         let mut position = self.restore().await?;
-        let mut processor = self.instantiate().await?;
+        let mut processor = self.instantiate(&position.state).await?;
         let mut appends = self.broker.subscribe_appends();
         loop {
             match self.wait_while_paused().await {
@@ -188,9 +177,8 @@ impl Instance {
                 position.checkpoint.next_offset = after; // only control batches: nothing to run
                 continue;
             }
-            let (returned, result) = self.process(processor, records.clone(), position.state).await?;
-            processor = returned.0;
-            position.state = returned.1;
+            let (returned, result) = self.process(processor, records.clone()).await?;
+            processor = returned;
             let outcome = match result {
                 Ok(processed) => check_outputs(processed, self.spec.outputs.len()),
                 Err(failure) => Err(failure),
@@ -206,9 +194,8 @@ impl Instance {
                     // produces its outputs and only the bad ones are skipped or dead-lettered.
                     let count = records.len();
                     let stop = self.spec.on_error == OnError::Stop;
-                    let (returned, isolated) = self.isolate(records, position.state, stop).await?;
-                    processor = returned.0;
-                    position.state = returned.1;
+                    let (returned, isolated) = self.isolate(records, &position.state, stop).await?;
+                    processor = returned;
                     let (mut processed, failures) = isolated;
                     if stop {
                         // Commit what ran before the failing record, then halt there; a resume
@@ -221,7 +208,7 @@ impl Instance {
                             if self.wait_for_resume().await == Control::Stop {
                                 return Ok(());
                             }
-                            processor = self.instantiate().await?;
+                            processor = self.instantiate(&position.state).await?;
                         }
                         continue;
                     }
@@ -241,28 +228,39 @@ impl Instance {
         }
     }
 
-    async fn instantiate(&self) -> Result<Box<dyn Processor>, TransformError> {
+    fn setup<'a>(&'a self, state: &Arc<SharedState>) -> InstanceSetup<'a> {
+        InstanceSetup {
+            module: &self.module,
+            partition: self.shared.partition,
+            outputs: self.spec.outputs.len() as u32,
+            env: &self.spec.env,
+            state: Arc::clone(state),
+            log: Arc::new(PartitionLog { ring: Arc::clone(&self.logs), partition: self.shared.partition }),
+        }
+    }
+
+    async fn instantiate(&self, state: &Arc<SharedState>) -> Result<Box<dyn Processor>, TransformError> {
         let factory = Arc::clone(&self.factory);
         let module = Arc::clone(&self.module);
         let env = self.spec.env.clone();
-        let sink: Arc<dyn LogSink> =
-            Arc::new(PartitionLog { ring: Arc::clone(&self.logs), partition: self.shared.partition });
-        tokio::task::spawn_blocking(move || factory.instantiate(&module, &env, sink))
-            .await
-            .map_err(|e| TransformError::Internal(e.to_string()))?
-            .map_err(TransformError::Module)
+        let setup = self.setup(state);
+        let (partition, outputs, state, log) = (setup.partition, setup.outputs, setup.state, setup.log);
+        tokio::task::spawn_blocking(move || {
+            factory.instantiate(InstanceSetup { module: &module, partition, outputs, env: &env, state, log })
+        })
+        .await
+        .map_err(|e| TransformError::Internal(e.to_string()))?
+        .map_err(TransformError::Module)
     }
 
     async fn process(
         &self,
         mut processor: Box<dyn Processor>,
         records: Vec<InRecord>,
-        state: StateMap,
-    ) -> Result<((Box<dyn Processor>, StateMap), Result<Processed, Failure>), TransformError> {
-        let partition = self.shared.partition;
+    ) -> Result<(Box<dyn Processor>, Result<Processed, Failure>), TransformError> {
         tokio::task::spawn_blocking(move || {
-            let result = processor.process(partition, &records, &state);
-            ((processor, state), result)
+            let result = processor.process(&records);
+            (processor, result)
         })
         .await
         .map_err(|e| TransformError::Internal(format!("processor thread: {e}")))
@@ -292,29 +290,38 @@ impl Instance {
     async fn isolate(
         &self,
         records: Vec<InRecord>,
-        state: StateMap,
+        state: &Arc<SharedState>,
         stop_at_failure: bool,
     ) -> Result<Isolated, TransformError> {
         let factory = Arc::clone(&self.factory);
         let module = Arc::clone(&self.module);
         let env = self.spec.env.clone();
-        let sink: Arc<dyn LogSink> =
-            Arc::new(PartitionLog { ring: Arc::clone(&self.logs), partition: self.shared.partition });
-        let partition = self.shared.partition;
-        let outputs = self.spec.outputs.len();
+        let setup = self.setup(state);
+        let (partition, outputs, state, log) = (setup.partition, setup.outputs, setup.state, setup.log);
         tokio::task::spawn_blocking(move || {
-            let fresh = || factory.instantiate(&module, &env, Arc::clone(&sink)).map_err(TransformError::Module);
+            let fresh = || {
+                let setup = InstanceSetup {
+                    module: &module,
+                    partition,
+                    outputs,
+                    env: &env,
+                    state: Arc::clone(&state),
+                    log: Arc::clone(&log),
+                };
+                factory.instantiate(setup).map_err(TransformError::Module)
+            };
             let mut processor = fresh()?;
-            let mut overlay = state.clone();
             let mut combined = Processed::default();
             let mut failures = Vec::new();
             for record in records {
-                let result = processor
-                    .process(partition, std::slice::from_ref(&record), &overlay)
-                    .and_then(|p| check_outputs(p, outputs));
+                let result =
+                    processor.process(std::slice::from_ref(&record)).and_then(|p| check_outputs(p, outputs as usize));
                 match result {
                     Ok(processed) => {
-                        apply_to(&mut overlay, &processed.state_changes);
+                        // Later records see earlier ones' writes. Applying before the commit
+                        // is safe: a failed commit fails the instance, which restarts from
+                        // the changelog.
+                        state.apply(&processed.state_changes);
                         combined.state_changes.extend(processed.state_changes);
                         combined.records.extend(processed.records);
                     }
@@ -327,7 +334,7 @@ impl Instance {
                     }
                 }
             }
-            Ok(((processor, state), (combined, failures)))
+            Ok((processor, (combined, failures)))
         })
         .await
         .map_err(|e| TransformError::Internal(format!("processor thread: {e}")))?

@@ -25,10 +25,13 @@ pub(super) static CRASH_AFTER_CHANGELOG: AtomicBool = AtomicBool::new(false);
 
 /// Uppercases values and counts records per key in state; output value `UPPER:count`.
 /// A value `boom` fails the batch.
-struct Counter;
+struct Counter {
+    state: Arc<SharedState>,
+}
 
 impl Processor for Counter {
-    fn process(&mut self, _partition: i32, records: &[InRecord], state: &StateMap) -> Result<Processed, Failure> {
+    fn process(&mut self, records: &[InRecord]) -> Result<Processed, Failure> {
+        let state = &self.state;
         let mut staged: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
         let mut out = Processed::default();
         for record in records {
@@ -40,7 +43,7 @@ impl Processor for Counter {
             let previous = staged
                 .get(&key)
                 .copied()
-                .or_else(|| state.get(&key).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()));
+                .or_else(|| state.get(&key).and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()));
             let count = previous.unwrap_or(0) + 1;
             staged.insert(key, count);
             let upper = String::from_utf8_lossy(&value).to_uppercase();
@@ -70,14 +73,9 @@ impl ProcessorFactory for Factory {
         }
     }
 
-    fn instantiate(
-        &self,
-        _module: &[u8],
-        _env: &BTreeMap<String, String>,
-        _log: Arc<dyn LogSink>,
-    ) -> Result<Box<dyn Processor>, Failure> {
+    fn instantiate(&self, setup: InstanceSetup<'_>) -> Result<Box<dyn Processor>, Failure> {
         self.instances.fetch_add(1, Ordering::Relaxed);
-        Ok(Box::new(Counter))
+        Ok(Box::new(Counter { state: setup.state }))
     }
 }
 
