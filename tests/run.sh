@@ -63,9 +63,10 @@ if ! "$python_bin" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3-venv
 fi
 
-if ! command -v cargo >/dev/null 2>&1 && [ -f "${HOME:-/root}/.cargo/env" ]; then
-    # shellcheck disable=SC1091
-    . "${HOME:-/root}/.cargo/env"
+# rustup's toolchain first: Debian's cargo 1.65 (installed for the wasm32 plugin builds) is too
+# old for the workspace and must not shadow it.
+if [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
+    export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 fi
 
 # --- Python venv with the pinned clients ------------------------------------------------------
