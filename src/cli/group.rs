@@ -483,7 +483,7 @@ async fn delete(cluster: &mut Cluster, group: &str) -> Result<()> {
 
 /// `YYYY-MM-DD[THH:MM[:SS[.fff]]][Z|±HH:MM|±HHMM]` → milliseconds since the epoch; no zone
 /// means UTC.
-fn parse_datetime_ms(text: &str) -> Result<i64, String> {
+pub(crate) fn parse_datetime_ms(text: &str) -> Result<i64, String> {
     let bad = || format!("'{text}' is not an ISO 8601 date-time like 2024-05-01T12:00:00Z");
     let (date, rest) = text.split_once('T').unwrap_or((text, ""));
     let mut parts = date.splitn(3, '-');

@@ -29,8 +29,8 @@ pub(crate) enum TransformCommand {
         /// Environment for the module, repeatable
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
-        /// Where a new transform starts: earliest, latest, an offset, or @<timestamp ms>
-        #[arg(long, default_value = "latest")]
+        /// Where a new transform starts: earliest, latest, an offset, or a time (ISO 8601 or @<ms>)
+        #[arg(long, default_value = "latest", value_parser = parse_from)]
         from: String,
         /// What a failing batch does: skip, dead-letter (to <name>.dlq) or stop
         #[arg(long, default_value = "skip")]
@@ -46,6 +46,13 @@ pub(crate) enum TransformCommand {
     Pause { name: String },
     /// Resume a paused (or stopped-on-error) transform
     Resume { name: String },
+    /// Move a transform's input position (earliest, an offset, or a time) and run on from there; state is kept
+    Replay {
+        name: String,
+        /// earliest, latest, an offset, or a time (ISO 8601 or @<ms>)
+        #[arg(long, value_parser = parse_from)]
+        from: String,
+    },
     /// Remove a transform (its changelog and dead-letter topics stay)
     Remove { name: String },
 }
@@ -106,6 +113,12 @@ pub(crate) async fn run(connect: &ConnectArgs, command: TransformCommand) -> any
         }
         TransformCommand::Pause { name } => control(admin, &name, "pause").await?,
         TransformCommand::Resume { name } => control(admin, &name, "resume").await?,
+        TransformCommand::Replay { name, from } => {
+            let path = format!("/v1/transforms/{}/replay?from={}", encode(&name), encode(&from));
+            let (status, body) = request(admin, Method::POST, &path, Bytes::new()).await?;
+            check(status, &body)?;
+            println!("{name}: replaying from {from}");
+        }
         TransformCommand::Remove { name } => {
             let (status, body) =
                 request(admin, Method::DELETE, &format!("/v1/transforms/{}", encode(&name)), Bytes::new()).await?;
@@ -153,6 +166,16 @@ fn describe(info: &serde_json::Value) {
             instance["partition"], instance["position"], instance["lag"], instance["processed"], instance["failed"]
         );
     }
+}
+
+/// `earliest`, `latest`, an offset, `@<ms>`, or an ISO 8601 time (sent as `@<ms>`).
+fn parse_from(text: &str) -> Result<String, String> {
+    if text == "earliest" || text == "latest" || text.starts_with('@') || text.parse::<u64>().is_ok() {
+        return Ok(text.to_string());
+    }
+    super::group::parse_datetime_ms(text)
+        .map(|ms| format!("@{ms}"))
+        .map_err(|e| format!("expected earliest, latest, an offset or a time: {e}"))
 }
 
 fn text(value: &serde_json::Value) -> String {

@@ -36,16 +36,23 @@ impl Instance {
         .map_err(|e| TransformError::Internal(e.to_string()))??;
         let state = SharedState::new(restored.state);
         let checkpoint = match restored.checkpoint {
-            Some(checkpoint) => {
+            Some(mut checkpoint) => {
                 for pending in &checkpoint.pending {
                     self.append_with_retry(pending).await?;
+                }
+                if let Some(from) = self.rewind {
+                    // Replay: same state, sequences and producer; only the position moves.
+                    checkpoint.next_offset = self.resolve(from)?;
+                    checkpoint.pending.clear();
+                    self.append_commit(&[], &checkpoint).await?;
+                    tracing::info!(name = %self.spec.name, partition, offset = checkpoint.next_offset, "transform instance rewound");
                 }
                 tracing::info!(name = %self.spec.name, partition, offset = checkpoint.next_offset, keys = state.len(), "transform instance restored");
                 checkpoint
             }
             None => {
                 let checkpoint = Checkpoint {
-                    next_offset: self.start_offset()?,
+                    next_offset: self.resolve(self.rewind.unwrap_or(self.spec.from))?,
                     producer_id: self
                         .broker
                         .allocate_producer_id()
@@ -62,13 +69,14 @@ impl Instance {
         Ok(Position { checkpoint, state })
     }
 
-    fn start_offset(&self) -> Result<i64, TransformError> {
+    /// The input offset a start position names today.
+    fn resolve(&self, from: StartFrom) -> Result<i64, TransformError> {
         let handle = self.broker.partition(&self.spec.input, self.shared.partition).ok_or_else(|| {
             TransformError::UnknownPartition { topic: self.spec.input.clone(), partition: self.shared.partition }
         })?;
         let mut log = handle.log();
         let (start, end) = (log.log_start_offset(), log.high_watermark());
-        Ok(match self.spec.from {
+        Ok(match from {
             StartFrom::Earliest => start,
             StartFrom::Latest => end,
             StartFrom::Offset(offset) => offset.clamp(start, end),

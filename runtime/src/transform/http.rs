@@ -5,6 +5,8 @@
 //!   with the module's bytes as the body — deploy, or upgrade in place
 //! - `GET /v1/transforms/{name}`, `GET /v1/transforms/{name}/logs`
 //! - `POST /v1/transforms/{name}/pause`, `POST /v1/transforms/{name}/resume`
+//! - `POST /v1/transforms/{name}/replay?from=earliest|<offset>|@<ms>` — move the position,
+//!   keep the state
 //! - `DELETE /v1/transforms/{name}`
 //!
 //! Errors are JSON `{"error": "..."}` with 400 (bad request or module), 404 (no such
@@ -31,6 +33,7 @@ pub fn routes(service: Arc<TransformService>) -> Router {
         .route("/v1/transforms/{name}/logs", get(logs))
         .route("/v1/transforms/{name}/pause", post(pause))
         .route("/v1/transforms/{name}/resume", post(resume))
+        .route("/v1/transforms/{name}/replay", post(replay))
         .layer(DefaultBodyLimit::max(MODULE_BYTES_MAX))
         .with_state(service)
 }
@@ -69,6 +72,22 @@ async fn pause(State(service): State<Arc<TransformService>>, Path(name): Path<St
 
 async fn resume(State(service): State<Arc<TransformService>>, Path(name): Path<String>) -> Response {
     service.set_paused(&name, false).map_or_else(error, |info| json(StatusCode::OK, &info))
+}
+
+async fn replay(
+    State(service): State<Arc<TransformService>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let from = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "from").map(|(_, v)| v.to_string());
+    let Some(from) = from else {
+        return error(TransformError::InvalidSpec("the from parameter is required".into()));
+    };
+    match StartFrom::parse(&from) {
+        Ok(from) => service.replay(&name, from).await.map_or_else(error, |info| json(StatusCode::OK, &info)),
+        Err(e) => error(e),
+    }
 }
 
 async fn remove(State(service): State<Arc<TransformService>>, Path(name): Path<String>) -> Response {

@@ -118,6 +118,8 @@ pub(crate) struct Instance {
     pub(crate) shared: Arc<InstanceShared>,
     pub(crate) logs: Arc<LogRing>,
     pub(crate) control: watch::Receiver<Control>,
+    /// Set by `replay`: after restoring, move the position here (state is kept).
+    pub(crate) rewind: Option<super::spec::StartFrom>,
 }
 
 type Isolated = (Box<dyn Processor>, (Processed, Vec<(InRecord, Failure)>));

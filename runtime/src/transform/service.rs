@@ -20,7 +20,7 @@ use super::log_io;
 use super::processor::ProcessorFactory;
 use super::records::{encode_batch, Outgoing};
 use super::runner::{Control, Instance, InstanceShared, InstanceState, LogRing};
-use super::spec::{OnError, TransformSpec};
+use super::spec::{OnError, StartFrom, TransformSpec};
 use super::TransformError;
 
 pub const REGISTRY_TOPIC: &str = "__runnel_transforms";
@@ -93,7 +93,7 @@ impl TransformService {
                 tracing::error!(%name, "transform spec without its module in {REGISTRY_TOPIC}; skipping");
                 continue;
             };
-            if let Err(e) = service.launch(spec, Arc::from(module.as_ref())) {
+            if let Err(e) = service.launch(spec, Arc::from(module.as_ref()), None) {
                 tracing::error!(%name, error = %e, "cannot start transform");
             }
         }
@@ -161,7 +161,7 @@ impl TransformService {
         spec.version = previous.as_ref().map_or(1, |p| p.version + 1);
         spec.paused = false;
         self.persist(&spec, Some(&module))?;
-        self.launch(spec.clone(), Arc::from(module.as_ref()))?;
+        self.launch(spec.clone(), Arc::from(module.as_ref()), None)?;
         self.describe(&spec.name)
     }
 
@@ -193,7 +193,7 @@ impl TransformService {
         Ok(())
     }
 
-    fn launch(&self, spec: TransformSpec, module: Arc<[u8]>) -> Result<(), TransformError> {
+    fn launch(&self, spec: TransformSpec, module: Arc<[u8]>, rewind: Option<StartFrom>) -> Result<(), TransformError> {
         let input = self
             .broker
             .topic(&spec.input)
@@ -214,6 +214,7 @@ impl TransformService {
                 shared: Arc::clone(&shared),
                 logs: Arc::clone(&logs),
                 control: control.subscribe(),
+                rewind,
             };
             tasks.push(tokio::spawn(instance.run()));
             instances.push(shared);
@@ -268,6 +269,19 @@ impl TransformService {
             deployed.spec.clone()
         };
         self.persist(&spec, None)?;
+        self.describe(name)
+    }
+
+    /// Moves every instance's input position to `from` and runs on from there, keeping state
+    /// (to reprocess history after a fix, or to skip ahead).
+    pub async fn replay(&self, name: &str, from: StartFrom) -> Result<TransformInfo, TransformError> {
+        let module = {
+            let transforms = self.lock();
+            let deployed = transforms.get(name).ok_or_else(|| TransformError::NotFound(name.to_string()))?;
+            Arc::clone(&deployed.module)
+        };
+        let spec = self.stop(name).await.ok_or_else(|| TransformError::NotFound(name.to_string()))?;
+        self.launch(spec, module, Some(from))?;
         self.describe(name)
     }
 

@@ -289,6 +289,11 @@ async fn pause_resume_upgrade_and_refusals() {
     wait_for("3 outputs", || read_all(&broker, "out").len() == 3).await;
     let values: Vec<String> = read_all(&broker, "out").into_iter().map(|(_, v, _)| v).collect();
     assert_eq!(values, vec!["A:1", "B:2", "C:3"]);
+    // Replay from the start: the three inputs run again, and the kept state counts on.
+    service.replay("upper", StartFrom::Earliest).await.expect("replay");
+    wait_for("6 outputs", || read_all(&broker, "out").len() == 6).await;
+    let values: Vec<String> = read_all(&broker, "out").into_iter().map(|(_, v, _)| v).collect();
+    assert_eq!(values[3..], ["A:4", "B:5", "C:6"]);
     service.remove("upper").await.expect("remove");
     assert!(service.describe("upper").is_err());
     service.shutdown().await;
