@@ -28,6 +28,9 @@ pub(crate) struct ServeArgs {
     /// Set one broker config by its Kafka name (repeatable), e.g. --set num.partitions=6
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Threads that run WASM transforms, at lower priority [default: cores - 1, at least 1]
+    #[arg(long)]
+    transform_threads: Option<usize>,
     /// Log filter, e.g. info or runnel_broker=debug (env RUST_LOG)
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -72,7 +75,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
     let factory = crate::wasm::factory(&data_dir)?;
-    let service = runnel_runtime::transform::TransformService::start(std::sync::Arc::clone(&broker), factory)
+    let threads = args.transform_threads.unwrap_or_else(runnel_runtime::transform::ComputePool::default_threads);
+    let pool = runnel_runtime::transform::ComputePool::new(threads);
+    let service = runnel_runtime::transform::TransformService::start(std::sync::Arc::clone(&broker), factory, pool)
         .context("starting transforms")?;
     let routes = runnel_runtime::transform::http::routes(std::sync::Arc::clone(&service));
     let listeners = runnel_broker::server::Listeners::bind(&broker).await?;

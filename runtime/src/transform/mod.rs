@@ -11,6 +11,7 @@ mod checkpoint;
 mod commit;
 pub mod http;
 mod log_io;
+pub mod pool;
 pub mod processor;
 mod records;
 mod runner;
@@ -19,6 +20,7 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
+pub use pool::ComputePool;
 pub use processor::{
     Failure, InRecord, InstanceSetup, LogSink, OutRecord, Processed, Processor, ProcessorFactory, SharedState,
     StateChange, StateMap,

@@ -113,6 +113,7 @@ pub(crate) enum Control {
 pub(crate) struct Instance {
     pub(crate) broker: Arc<Broker>,
     pub(crate) factory: Arc<dyn ProcessorFactory>,
+    pub(crate) pool: Arc<super::pool::ComputePool>,
     pub(crate) spec: TransformSpec,
     pub(crate) module: Arc<[u8]>,
     pub(crate) shared: Arc<InstanceShared>,
@@ -247,12 +248,12 @@ impl Instance {
         let env = self.spec.env.clone();
         let setup = self.setup(state);
         let (partition, outputs, state, log) = (setup.partition, setup.outputs, setup.state, setup.log);
-        tokio::task::spawn_blocking(move || {
-            factory.instantiate(InstanceSetup { module: &module, partition, outputs, env: &env, state, log })
-        })
-        .await
-        .map_err(|e| TransformError::Internal(e.to_string()))?
-        .map_err(TransformError::Module)
+        self.pool
+            .run(move || {
+                factory.instantiate(InstanceSetup { module: &module, partition, outputs, env: &env, state, log })
+            })
+            .await?
+            .map_err(TransformError::Module)
     }
 
     async fn process(
@@ -260,12 +261,12 @@ impl Instance {
         mut processor: Box<dyn Processor>,
         records: Vec<InRecord>,
     ) -> Result<(Box<dyn Processor>, Result<Processed, Failure>), TransformError> {
-        tokio::task::spawn_blocking(move || {
-            let result = processor.process(&records);
-            (processor, result)
-        })
-        .await
-        .map_err(|e| TransformError::Internal(format!("processor thread: {e}")))
+        self.pool
+            .run(move || {
+                let result = processor.process(&records);
+                (processor, result)
+            })
+            .await
     }
 
     /// A failed record, bound for `<name>.dlq` (output index = outputs.len()) with the error
@@ -300,46 +301,47 @@ impl Instance {
         let env = self.spec.env.clone();
         let setup = self.setup(state);
         let (partition, outputs, state, log) = (setup.partition, setup.outputs, setup.state, setup.log);
-        tokio::task::spawn_blocking(move || {
-            let fresh = || {
-                let setup = InstanceSetup {
-                    module: &module,
-                    partition,
-                    outputs,
-                    env: &env,
-                    state: Arc::clone(&state),
-                    log: Arc::clone(&log),
+        self.pool
+            .run(move || {
+                let fresh = || {
+                    let setup = InstanceSetup {
+                        module: &module,
+                        partition,
+                        outputs,
+                        env: &env,
+                        state: Arc::clone(&state),
+                        log: Arc::clone(&log),
+                    };
+                    factory.instantiate(setup).map_err(TransformError::Module)
                 };
-                factory.instantiate(setup).map_err(TransformError::Module)
-            };
-            let mut processor = fresh()?;
-            let mut combined = Processed::default();
-            let mut failures = Vec::new();
-            for record in records {
-                let result =
-                    processor.process(std::slice::from_ref(&record)).and_then(|p| check_outputs(p, outputs as usize));
-                match result {
-                    Ok(processed) => {
-                        // Later records see earlier ones' writes. Applying before the commit
-                        // is safe: a failed commit fails the instance, which restarts from
-                        // the changelog.
-                        state.apply(&processed.state_changes);
-                        combined.state_changes.extend(processed.state_changes);
-                        combined.records.extend(processed.records);
-                    }
-                    Err(failure) => {
-                        failures.push((record, failure));
-                        processor = fresh()?;
-                        if stop_at_failure {
-                            break;
+                let mut processor = fresh()?;
+                let mut combined = Processed::default();
+                let mut failures = Vec::new();
+                for record in records {
+                    let result = processor
+                        .process(std::slice::from_ref(&record))
+                        .and_then(|p| check_outputs(p, outputs as usize));
+                    match result {
+                        Ok(processed) => {
+                            // Later records see earlier ones' writes. Applying before the commit
+                            // is safe: a failed commit fails the instance, which restarts from
+                            // the changelog.
+                            state.apply(&processed.state_changes);
+                            combined.state_changes.extend(processed.state_changes);
+                            combined.records.extend(processed.records);
+                        }
+                        Err(failure) => {
+                            failures.push((record, failure));
+                            processor = fresh()?;
+                            if stop_at_failure {
+                                break;
+                            }
                         }
                     }
                 }
-            }
-            Ok((processor, (combined, failures)))
-        })
-        .await
-        .map_err(|e| TransformError::Internal(format!("processor thread: {e}")))?
+                Ok((processor, (combined, failures)))
+            })
+            .await?
     }
 
     fn read_batch(&self, next: i64) -> Result<Option<(Vec<InRecord>, i64)>, TransformError> {

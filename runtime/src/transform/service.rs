@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::log_io;
+use super::pool::ComputePool;
 use super::processor::ProcessorFactory;
 use super::records::{encode_batch, Outgoing};
 use super::runner::{Control, Instance, InstanceShared, InstanceState, LogRing};
@@ -70,6 +71,7 @@ pub struct InstanceInfo {
 pub struct TransformService {
     broker: Arc<Broker>,
     factory: Arc<dyn ProcessorFactory>,
+    pool: Arc<ComputePool>,
     transforms: Mutex<HashMap<String, Deployed>>,
 }
 
@@ -84,9 +86,10 @@ impl TransformService {
     pub fn start(
         broker: Arc<Broker>,
         factory: Arc<dyn ProcessorFactory>,
+        pool: Arc<ComputePool>,
     ) -> Result<Arc<TransformService>, TransformError> {
         ensure_topic(&broker, REGISTRY_TOPIC, 1)?;
-        let service = Arc::new(TransformService { broker, factory, transforms: Mutex::new(HashMap::new()) });
+        let service = Arc::new(TransformService { broker, factory, pool, transforms: Mutex::new(HashMap::new()) });
         let (specs, modules) = service.replay_registry()?;
         for (name, spec) in specs {
             let Some(module) = modules.get(&name) else {
@@ -149,10 +152,7 @@ impl TransformService {
         }
         let factory = Arc::clone(&self.factory);
         let checked = module.clone();
-        tokio::task::spawn_blocking(move || factory.validate(&checked))
-            .await
-            .map_err(|e| TransformError::Internal(e.to_string()))?
-            .map_err(TransformError::Module)?;
+        self.pool.run(move || factory.validate(&checked)).await?.map_err(TransformError::Module)?;
         ensure_topic(&self.broker, &spec.changelog_topic(), input.partitions)?;
         if spec.on_error == OnError::DeadLetter {
             ensure_topic(&self.broker, &spec.dead_letter_topic(), input.partitions)?;
@@ -209,6 +209,7 @@ impl TransformService {
             let instance = Instance {
                 broker: Arc::clone(&self.broker),
                 factory: Arc::clone(&self.factory),
+                pool: Arc::clone(&self.pool),
                 spec: spec.clone(),
                 module: Arc::clone(&module),
                 shared: Arc::clone(&shared),

@@ -14,6 +14,7 @@ use runnel_broker::metadata::MetadataCommand;
 use runnel_broker::Broker;
 
 use super::log_io;
+use super::pool::ComputePool;
 use super::processor::*;
 use super::records::{encode_batch, Outgoing};
 use super::service::TransformService;
@@ -169,7 +170,7 @@ async fn outputs_and_state_survive_restarts_exactly_once() {
         create(&broker, "out", 3);
         produce(&broker, "in", 0, &[("a", "x"), ("b", "y"), ("a", "z")]);
         produce(&broker, "in", 1, &[("c", "w")]);
-        let service = TransformService::start(Arc::clone(&broker), factory()).expect("start");
+        let service = TransformService::start(Arc::clone(&broker), factory(), ComputePool::new(2)).expect("start");
         service.deploy(spec(OnError::Skip), Bytes::from_static(b"counter")).await.expect("deploy");
         wait_for("4 outputs", || read_all(&broker, "out").len() == 4).await;
         service.shutdown().await;
@@ -178,7 +179,7 @@ async fn outputs_and_state_survive_restarts_exactly_once() {
     {
         // The registry brings the transform back; state continues the counts.
         let broker = open(dir.path());
-        let service = TransformService::start(Arc::clone(&broker), factory()).expect("restart");
+        let service = TransformService::start(Arc::clone(&broker), factory(), ComputePool::new(2)).expect("restart");
         produce(&broker, "in", 0, &[("a", "again")]);
         wait_for("5 outputs", || read_all(&broker, "out").len() == 5).await;
         // Nothing more arrives: no output was repeated by the restart.
@@ -201,7 +202,7 @@ async fn a_crash_between_changelog_and_outputs_loses_and_repeats_nothing() {
         create(&broker, "in", 1);
         create(&broker, "out", 1);
         produce(&broker, "in", 0, &[("a", "1"), ("a", "2")]);
-        let service = TransformService::start(Arc::clone(&broker), factory()).expect("start");
+        let service = TransformService::start(Arc::clone(&broker), factory(), ComputePool::new(2)).expect("start");
         service.deploy(spec(OnError::Skip), Bytes::from_static(b"counter")).await.expect("deploy");
         wait_for("2 outputs", || read_all(&broker, "out").len() == 2).await;
         CRASH_AFTER_CHANGELOG.store(true, Ordering::SeqCst);
@@ -212,7 +213,7 @@ async fn a_crash_between_changelog_and_outputs_loses_and_repeats_nothing() {
         broker.close();
     }
     let broker = open(dir.path());
-    let service = TransformService::start(Arc::clone(&broker), factory()).expect("restart");
+    let service = TransformService::start(Arc::clone(&broker), factory(), ComputePool::new(2)).expect("restart");
     wait_for("4 outputs", || read_all(&broker, "out").len() == 4).await;
     produce(&broker, "in", 0, &[("a", "5")]);
     wait_for("5 outputs", || read_all(&broker, "out").len() == 5).await;
@@ -232,7 +233,7 @@ async fn error_policies_skip_dead_letter_and_stop() {
     produce(&broker, "in", 0, &[("a", "ok")]);
     produce(&broker, "in", 0, &[("a", "boom")]);
     produce(&broker, "in", 0, &[("a", "fine")]);
-    let service = TransformService::start(Arc::clone(&broker), factory()).expect("start");
+    let service = TransformService::start(Arc::clone(&broker), factory(), ComputePool::new(2)).expect("start");
     service.deploy(spec(OnError::DeadLetter), Bytes::from_static(b"counter")).await.expect("deploy");
     wait_for("2 outputs", || read_all(&broker, "out").len() == 2).await;
     let dead = read_all(&broker, "upper.dlq");
@@ -266,7 +267,7 @@ async fn pause_resume_upgrade_and_refusals() {
     create(&broker, "in", 1);
     create(&broker, "out", 1);
     let factory = factory();
-    let service = TransformService::start(Arc::clone(&broker), factory.clone()).expect("start");
+    let service = TransformService::start(Arc::clone(&broker), factory.clone(), ComputePool::new(2)).expect("start");
     assert!(service.deploy(spec(OnError::Skip), Bytes::from_static(b"junk")).await.is_err(), "bad module refused");
     assert!(service.describe("upper").is_err(), "a refused deploy stores nothing");
     let missing = TransformSpec { input: "nope".into(), ..spec(OnError::Skip) };
