@@ -48,6 +48,9 @@ pub fn process_batch(input: &[u8], transform: &mut dyn crate::Transform) -> Resu
     wire::encode_output(&out.into_vec()).map_err(|e| match e {
         wire::EncodeError::OutOfMemory => Failure::new(ERR_ALLOC, "out of memory encoding the output batch"),
         wire::EncodeError::TooLong => Failure::new(ERR_PROCESSING, "an output field is longer than 2 GiB"),
+        wire::EncodeError::BadTimestamp(ts) => {
+            Failure::new(ERR_PROCESSING, format!("output timestamp {ts} is negative (use -1/None for the input's)"))
+        }
     })
 }
 
@@ -136,8 +139,13 @@ fn process_at(ptr: i32, len: i32, factory: fn() -> Result<BoxedTransform, Error>
     OUTPUT.with(|o| {
         let mut o = o.borrow_mut();
         *o = encoded;
-        let out_ptr = o.as_ptr() as usize as u64 & 0xffff_ffff;
-        let out_len = o.len() as u64 & 0xffff_ffff;
+        let out_ptr = o.as_ptr() as usize as u64;
+        let out_len = o.len() as u64;
+        // A negative result means failure, so the output must start below 2 GiB (always the case
+        // under the host's default 64 MiB memory cap).
+        if out_ptr >= 1 << 31 || out_len > u64::from(u32::MAX) {
+            return Err(Failure::new(ERR_ALLOC, "output buffer lies above 2 GiB of guest memory"));
+        }
         Ok(((out_ptr << 32) | out_len) as i64)
     })
 }

@@ -47,7 +47,8 @@ impl Output {
         self
     }
 
-    /// The same output with this timestamp.
+    /// The same output with this timestamp (milliseconds since the epoch, not negative: the host
+    /// refuses negative output timestamps, so the SDK fails the batch on one).
     pub fn with_timestamp(mut self, timestamp_ms: i64) -> Self {
         self.timestamp_ms = Some(timestamp_ms);
         self
@@ -70,7 +71,8 @@ impl From<Record> for Output {
     fn from(record: Record) -> Self {
         Output {
             index: 0,
-            timestamp_ms: Some(record.timestamp_ms),
+            // Kafka's "no timestamp" (-1) and other negatives mean "as the input" on output.
+            timestamp_ms: if record.timestamp_ms >= 0 { Some(record.timestamp_ms) } else { None },
             key: record.key,
             value: record.value,
             headers: record.headers,

@@ -152,6 +152,8 @@ pub enum EncodeError {
     TooLong,
     /// The buffer could not grow (ABI code -3).
     OutOfMemory,
+    /// An output timestamp is negative but not -1 ("take the input's"), which the ABI forbids.
+    BadTimestamp(i64),
 }
 
 /// Appends to a buffer, reporting allocation failure instead of aborting: in a 64 MiB guest a
@@ -196,7 +198,12 @@ pub fn encode_output(outputs: &[Output]) -> Result<Vec<u8>, EncodeError> {
     w.put(&count.to_le_bytes())?;
     for out in outputs {
         w.put(&out.index.to_le_bytes())?;
-        w.put(&out.timestamp_ms.unwrap_or(-1).to_le_bytes())?;
+        let timestamp = match out.timestamp_ms {
+            None => -1,
+            Some(ts) if ts < 0 => return Err(EncodeError::BadTimestamp(ts)),
+            Some(ts) => ts,
+        };
+        w.put(&timestamp.to_le_bytes())?;
         w.bytes(out.key.as_deref())?;
         w.bytes(out.value.as_deref())?;
         w.headers(&out.headers)?;
@@ -296,6 +303,12 @@ mod tests {
         assert_eq!(&buf[4..8], &2u32.to_le_bytes());
         assert_eq!(&buf[8..16], &(-1i64).to_le_bytes());
         assert_eq!(decode_output(&buf).expect("decode"), vec![out]);
+    }
+
+    #[test]
+    fn negative_output_timestamps_are_refused() {
+        let err = encode_output(&[Output::new("v").with_timestamp(-5)]).expect_err("negative");
+        assert_eq!(err, EncodeError::BadTimestamp(-5));
     }
 
     #[test]

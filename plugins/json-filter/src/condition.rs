@@ -81,9 +81,9 @@ impl Condition {
             Op::Exists => field.is_some() == self.exists,
             Op::Equals => field.map_or(false, |f| self.equals(f)),
             Op::NotEquals => field.map_or(true, |f| !self.equals(f)),
-            Op::Gt => self.order(field).map_or(false, |o| o == Ordering::Greater),
+            Op::Gt => self.order(field) == Some(Ordering::Greater),
             Op::Gte => self.order(field).map_or(false, |o| o != Ordering::Less),
-            Op::Lt => self.order(field).map_or(false, |o| o == Ordering::Less),
+            Op::Lt => self.order(field) == Some(Ordering::Less),
             Op::Lte => self.order(field).map_or(false, |o| o != Ordering::Greater),
             Op::Contains => match field {
                 Some(Value::String(s)) => s.contains(&self.text),
