@@ -8,7 +8,8 @@
 #
 # Steps: wasm32-unknown-unknown release build (the shipped modules) -> wasm32-wasi build (proves
 # the WASI variant compiles) -> dist/ copies without the linker's __data_end/__heap_base exports
-# -> import/export check (tools/check_wasm.py) -> native `cargo test` with rustup's cargo ->
+# -> import/export check (tools/check_wasm.py) -> native `cargo test` and clippy with rustup's
+# cargo ->
 # end-to-end smoke test of dist/*.wasm under Node's WebAssembly engine (tools/smoke.mjs).
 set -euo pipefail
 
@@ -72,10 +73,15 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
     if [ -z "$native_cargo" ] || [ "$native_cargo" = "$debian_cargo" ]; then
         native_cargo="$debian_cargo"
         export RUSTC="$debian_rustc"
+        [ -x /usr/bin/rustdoc ] && export RUSTDOC=/usr/bin/rustdoc
     fi
     for dir in "$here" "$example"; do
         echo "== $(basename "$dir"): native cargo test ($native_cargo)"
         (cd "$dir" && "$native_cargo" test --offline --target-dir "$here/target-native")
+        if "$native_cargo" clippy --version >/dev/null 2>&1; then
+            echo "== $(basename "$dir"): cargo clippy --all-targets -- -D warnings"
+            (cd "$dir" && "$native_cargo" clippy --offline --all-targets --target-dir "$here/target-native" -- -D warnings)
+        fi
     done
     if command -v node >/dev/null; then
         echo "== smoke test of dist/*.wasm under Node $(node --version)"
