@@ -62,6 +62,26 @@ done
 python3 "$here/tools/check_wasm.py" --strip \
     "$example/target/wasm32-unknown-unknown/release/hello_transform.wasm" "$dist/hello-transform.wasm"
 
+# The C example of sdk/ABI.md, when a clang that targets wasm32 (with wasm-ld) is installed.
+c_example="$repo/examples/c-passthrough/passthrough.c"
+python3 - "$repo/sdk/ABI.md" "$c_example" <<'PY' || die "the C example in sdk/ABI.md differs from examples/c-passthrough/passthrough.c"
+import sys
+abi, source = (open(p).read() for p in sys.argv[1:])
+block = abi.split("```c\n", 1)[1].split("```", 1)[0]
+sys.exit(0 if block == source else 1)
+PY
+clang_bin=""
+for candidate in clang clang-19 clang-18 clang-17 clang-16 clang-15 clang-14; do
+    if command -v "$candidate" >/dev/null; then clang_bin="$candidate"; break; fi
+done
+if [ -n "$clang_bin" ] && "$clang_bin" --target=wasm32 -O2 -nostdlib -Wall -Wextra -Werror -Wl,--no-entry \
+    -o "$dist/c-passthrough.wasm" "$c_example"; then
+    echo "== built the C example with $clang_bin"
+else
+    rm -f "$dist/c-passthrough.wasm"
+    echo "== no clang able to target wasm32: skipping the C example"
+fi
+
 echo "== dist/ (wasm32-unknown-unknown): exports and imports against ABI v1"
 python3 "$here/tools/check_wasm.py" "$dist"/*.wasm
 

@@ -1,7 +1,7 @@
 // End-to-end check of built .wasm modules under a real WebAssembly engine (Node's), playing the
 // host side of ABI v1 (sdk/ABI.md) with an in-memory state store: init, alloc, process, decode.
 // Usage: node smoke.mjs DIST_DIR   (expects the file names build.sh writes)
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
 const dist = process.argv[2] ?? "dist";
@@ -128,6 +128,15 @@ const pick = (r) => r.outputs ? r.outputs.map((o) => [o.index, o.value]) : r;
   expectEq("hello-transform logs the dropped record", h.logs.length === 1 && h.logs[0][0] === 1, true);
   const err = processBatch(h, encodeBatch([{ value: '{"action":"click"}', offset: 41 }]));
   expectEq("hello-transform error is -1 with message", [err.code, err.error], [-1, 'record at offset 41: event has no "user" string']);
+}
+
+// The C example of ABI.md (built only when clang can target wasm32).
+if (existsSync(join(dist, "c-passthrough.wasm"))) {
+  const h = instantiate("c-passthrough.wasm", {});
+  const r = processBatch(h, encodeBatch([{ key: "k", value: click, ts: 3 }, { key: null, value: null }]));
+  expectEq("c-passthrough", r.outputs, [{ index: 0, ts: -1, key: "k", value: click }, { index: 0, ts: -1, key: null, value: null }]);
+  const bad = processBatch(h, new Uint8Array([1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0]));
+  expectEq("c-passthrough malformed", [bad.code, bad.error], [-2, "malformed input batch"]);
 }
 
 if (failures) { console.log(`${failures} smoke check(s) failed`); process.exit(1); }
