@@ -37,7 +37,7 @@ for target in wasm32-unknown-unknown wasm32-wasi; do
 done
 command -v python3 >/dev/null || die "python3 is needed for tools/check_wasm.py"
 
-# Debian's cargo reads Cargo.lock version 3; the committed lock files are that version.
+# Debian's cargo reads Cargo.lock version 3 only; the committed lock files are that version.
 wasm_build() { # DIR TARGET
     echo "== $(basename "$1"): cargo build --release --target $2 (rustc $("$debian_rustc" --version | cut -d' ' -f2))"
     (cd "$1" && RUSTC="$debian_rustc" "$debian_cargo" build --offline --release --target "$2" --target-dir "$1/target")
@@ -69,6 +69,12 @@ import sys
 abi, source = (open(p).read() for p in sys.argv[1:])
 block = abi.split("```c\n", 1)[1].split("```", 1)[0]
 sys.exit(0 if block == source else 1)
+PY
+python3 - "$repo/sdk/README.md" "$example/src/lib.rs" <<'PY' || die "the tutorial code in sdk/README.md (step 3) is not in examples/hello-transform/src/lib.rs"
+import sys
+readme, source = (open(p).read() for p in sys.argv[1:])
+block = readme.split("### 3. The transform", 1)[1].split("```rust\n", 1)[1].split("```", 1)[0]
+sys.exit(0 if block in source else 1)
 PY
 clang_bin=""
 for candidate in clang clang-19 clang-18 clang-17 clang-16 clang-15 clang-14; do

@@ -332,6 +332,35 @@ mod tests {
         }
     }
 
+    /// A tiny deterministic generator (no dependencies): xorshift64.
+    fn next(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    #[test]
+    fn random_bytes_and_random_mutations_never_panic_and_round_trip_when_valid() {
+        let valid = encode_input(0, &sample()).expect("encode");
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut buf = valid.clone();
+            for _ in 0..(next(&mut seed) % 4 + 1) {
+                let at = (next(&mut seed) as usize) % buf.len();
+                buf[at] = next(&mut seed) as u8;
+            }
+            if let Ok(records) = decode_input(&buf) {
+                // Whatever decodes must re-encode to exactly the same bytes.
+                assert_eq!(encode_input(records.first().map_or(0, |r| r.partition), &records).ok(), Some(buf));
+            }
+            let len = (next(&mut seed) % 64) as usize;
+            let noise: Vec<u8> = (0..len).map(|_| next(&mut seed) as u8).collect();
+            let _ = decode_input(&noise);
+            let _ = decode_output(&noise);
+        }
+    }
+
     #[test]
     fn huge_record_count_is_rejected_before_allocating() {
         let mut buf = Vec::new();

@@ -25,8 +25,7 @@ impl Config {
     }
 }
 
-/// A stable pseudonym for a user id: FNV-1a over salt and id. Not a cryptographic hash; enough
-/// to keep raw ids out of the output topics in a tutorial.
+/// A stable pseudonym for a user id (FNV-1a over salt and id; not cryptographic).
 pub fn mask(salt: &str, user: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in salt.bytes().chain([0u8]).chain(user.bytes()) {

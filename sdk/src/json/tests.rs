@@ -119,3 +119,26 @@ fn plain_string_compares_strings_by_text_and_others_by_json() {
     assert_eq!(p("true").to_plain_string(), "true");
     assert_eq!(Value::from(f64::NAN), Value::Null);
 }
+
+#[test]
+fn mutated_documents_never_panic_and_what_parses_round_trips() {
+    let doc = br#"{"a":[1,-2.5e3,"x\u00e9\ud83d\ude00",{"b":null,"c":[true,false]}],"d":"\n\"q\""}"#;
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let alphabet = b"{}[]\",:\\u0123456789eE.-+ tfnalrsx\xff\xc3";
+    for _ in 0..20_000 {
+        let mut buf = doc.to_vec();
+        for _ in 0..(next() % 3 + 1) {
+            let at = (next() as usize) % buf.len();
+            buf[at] = alphabet[(next() as usize) % alphabet.len()];
+        }
+        if let Ok(value) = parse(&buf) {
+            assert_eq!(parse_str(&value.to_string()).ok(), Some(value));
+        }
+    }
+}
