@@ -40,10 +40,17 @@ pub fn process_batch(input: &[u8], transform: &mut dyn crate::Transform) -> Resu
     let records = wire::decode_input(input).map_err(|m| Failure::new(ERR_MALFORMED, m.to_string()))?;
     let mut out = Outputs::default();
     for record in records {
-        let offset = record.offset;
+        let (offset, timestamp_ms) = (record.offset, record.timestamp_ms);
+        let first_new = out.len();
         transform
             .process(record, &mut out)
             .map_err(|e| Failure::new(ERR_PROCESSING, format!("record at offset {offset}: {e}")))?;
+        // The host sees a batch, not which input produced which output, so "the input's
+        // timestamp" (`None`) is resolved here, where that is known. Only an input without a
+        // timestamp (negative, e.g. Kafka's -1) leaves -1 for the host.
+        if timestamp_ms >= 0 {
+            out.fill_missing_timestamps(first_new, timestamp_ms);
+        }
     }
     wire::encode_output(&out.into_vec()).map_err(|e| match e {
         wire::EncodeError::OutOfMemory => Failure::new(ERR_ALLOC, "out of memory encoding the output batch"),

@@ -8,7 +8,7 @@ use crate::{Header, Record};
 pub struct Output {
     /// Which output topic (0 = first `--output`).
     pub index: u32,
-    /// `None` takes the timestamp of the input record that produced it (encoded as -1).
+    /// `None` takes the timestamp of the input record that produced it (the SDK fills it in).
     pub timestamp_ms: Option<i64>,
     /// The key, `None` for a null key.
     pub key: Option<Vec<u8>>,

@@ -16,6 +16,13 @@ impl Outputs {
         self.items.push(output.into());
     }
 
+    /// Sets the timestamp of the outputs from `from` on that have none.
+    pub(crate) fn fill_missing_timestamps(&mut self, from: usize, timestamp_ms: i64) {
+        for output in self.items.iter_mut().skip(from) {
+            output.timestamp_ms.get_or_insert(timestamp_ms);
+        }
+    }
+
     /// Everything emitted so far, in order.
     pub fn into_vec(self) -> Vec<Output> {
         self.items

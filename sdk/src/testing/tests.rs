@@ -116,6 +116,15 @@ mod splitter {
 }
 
 #[test]
+fn outputs_without_a_timestamp_get_the_timestamp_of_the_input_that_produced_them() {
+    let mut h = Harness::new(splitter::runnel_instance);
+    let no_timestamp = Record::new("c").with_timestamp(-1);
+    let out = h.run(vec![Record::new("a,b").with_timestamp(10), Record::new("xz").with_timestamp(20), no_timestamp]);
+    let stamps: Vec<_> = out.expect("batch").iter().map(|o| o.timestamp_ms).collect();
+    assert_eq!(stamps, vec![Some(10), Some(10), Some(20), None]);
+}
+
+#[test]
 fn flat_map_emits_zero_or_more_outputs_to_any_index_in_order() {
     let mut h = Harness::new(splitter::runnel_instance);
     let out = h.run_values(&["a,xb,c", "", "xd"]).expect("batch");
