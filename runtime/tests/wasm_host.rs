@@ -435,3 +435,53 @@ fn deadline_is_configurable_and_reported() {
     assert!(matches!(error, ProcessError::Deadline { budget_ms: 100 }), "{error}");
     assert!(error.discards_instance());
 }
+
+/// The SDK-built plugins, when `plugins/build.sh` has been run (they are build outputs, not
+/// committed): each loads, starts with its settings and processes a JSON batch.
+#[test]
+fn sdk_built_plugins_run_if_present() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cases: &[(&str, u32, &[(&str, &str)], usize)] = &[
+        ("plugins/dist/json-filter.wasm", 1, &[("FIELD", "action"), ("EQUALS", "click")], 2),
+        ("plugins/dist/json-project.wasm", 1, &[("FIELDS", "user")], 3),
+        ("plugins/dist/router.wasm", 3, &[("FIELD", "action"), ("ROUTES", "click:1,buy:2")], 3),
+        ("plugins/dist/dedup.wasm", 1, &[("WINDOW_MS", "10000")], 1),
+        ("plugins/dist/hello-transform.wasm", 2, &[("SALT", "s")], 3),
+        (
+            "examples/hello-transform/target/wasm32-wasi/release/hello_transform.wasm",
+            2,
+            &[("SALT", "s")],
+            3,
+        ),
+    ];
+    let host = host();
+    let values = [
+        br#"{"user":"u1","action":"click","page":"/"}"#.as_slice(),
+        br#"{"user":"u2","action":"buy","page":"/cart"}"#.as_slice(),
+        br#"{"user":"u1","action":"click","page":"/a"}"#.as_slice(),
+    ];
+    let batch: Vec<InputRecord<'_>> = values
+        .iter()
+        .enumerate()
+        .map(|(n, value)| record(n as i64, Some(b"same-key"), Some(value)))
+        .collect();
+    for (path, outputs, env, expected_records) in cases {
+        let Ok(wasm) = std::fs::read(root.join(path)) else {
+            println!("{path}: not built, skipped");
+            continue;
+        };
+        let module = host.load(&wasm).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut config = InstanceConfig::new(0, *outputs, MemoryStateStore::new());
+        config.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut instance = module.instantiate(config).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let output = instance.process(&batch).unwrap_or_else(|e| panic!("{path}: {e}"));
+        println!(
+            "{path}: {} bytes, {} -> {} records, {} state changes",
+            wasm.len(),
+            batch.len(),
+            output.records.len(),
+            output.state_changes.len()
+        );
+        assert_eq!(output.records.len(), *expected_records, "{path}: {output:?}");
+    }
+}
