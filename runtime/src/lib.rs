@@ -1,8 +1,52 @@
-//! The compute that runs next to Runnel's partitions: transforms (user WebAssembly run beside
-//! each input partition), and later connectors and the SQL engine.
+//! Runs user WebAssembly transforms next to Runnel's partitions: the wasmtime host for the
+//! plugin ABI v1 (`sdk/ABI.md`), one batch of records per guest call.
 //!
-//! The [`transform`] service reads input partitions straight from the broker's log and writes
-//! outputs through the local append path; the code it runs sits behind
-//! [`transform::ProcessorFactory`], implemented by the WASM host.
+//! One [`WasmHost`] per process owns the wasmtime engine, its epoch ticker (deadlines) and the
+//! precompiled-module cache. [`WasmHost::load`] checks a module at deploy and returns a
+//! [`TransformModule`]; [`TransformModule::instantiate`] makes the [`TransformInstance`] of one
+//! (transform, input partition), whose [`TransformInstance::process`] runs a batch and returns
+//! the output records and the staged state writes, for the caller to commit atomically with
+//! the input offset. Everything is synchronous and `Send`: run it on a blocking thread.
+//!
+//! ```
+//! use runnel_runtime::{HostConfig, InputRecord, InstanceConfig, MemoryStateStore, WasmHost};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let host = WasmHost::new(HostConfig::default())?;
+//! let module = host.load(runnel_runtime::bench::UPPERCASE_WASM)?;
+//! let state = MemoryStateStore::new();
+//! let mut instance = module.instantiate(InstanceConfig::new(0, 1, state.clone()))?;
+//! let records = [InputRecord {
+//!     offset: 42,
+//!     timestamp_ms: 1_700_000_000_000,
+//!     key: Some(b"k"),
+//!     value: Some(b"hello"),
+//!     headers: &[],
+//! }];
+//! let output = instance.process(&records)?;
+//! assert_eq!(output.records[0].value.as_deref(), Some(&b"HELLO"[..]));
+//! state.apply(&output.state_changes); // commit with the outputs and offset 42
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Layout: `wasm/` is the host (engine, module loading, instances, ABI codec, host imports,
+//! WASI subset, limits, cache); `bench` measures it; [`transform`] runs modules beside each
+//! input partition of the broker (registry, per-partition instances, exactly-once commits,
+//! `/v1/transforms`; see `docs/TRANSFORMS.md`). Connectors and SQL attach here later.
 
+pub mod bench;
 pub mod transform;
+mod wasm;
+
+pub use wasm::abi::{
+    decode_output, encode_input, encoded_input_len, InputRecord, OutputHeader, OutputRecord, RecordHeader, ABI_VERSION,
+};
+pub use wasm::engine::{HostConfig, WasmHost};
+pub use wasm::error::{HostError, InstantiateError, LoadError, OutputCap, ProcessError};
+pub use wasm::host::{STATE_PUT_BATCH_FULL, STATE_PUT_KEY_TOO_LARGE, STATE_PUT_VALUE_TOO_LARGE};
+pub use wasm::instance::{InstanceConfig, ProcessOutput, TransformInstance, LOG_RING_LINES_DEFAULT};
+pub use wasm::limits::Limits;
+pub use wasm::log::{LogLevel, LogLine, LogRing};
+pub use wasm::module::{ModuleSource, TransformModule};
+pub use wasm::state::{MemoryStateStore, StateChange, StateStore, StateStoreError};

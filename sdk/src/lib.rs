@@ -1,38 +1,60 @@
-//! The guest SDK for Runnel WebAssembly plugins.
+//! The guest SDK for Runnel WebAssembly transforms (plugin ABI v1, see `ABI.md`).
 //!
 //! This crate has no dependencies and builds with Rust 1.63 for `wasm32-unknown-unknown` and
-//! `wasm32-wasi`, and with stable Rust natively so plugin logic can be unit-tested.
-//! The plugin ABI arrives with the transforms issue; today it carries the record type the
-//! broker and plugins share.
+//! `wasm32-wasi`/`wasm32-wasip1`, and with stable Rust natively so transform logic can be
+//! unit-tested with plain `cargo test` through [`testing::Harness`].
+//!
+//! A transform is one macro call naming a function:
+//!
+//! ```
+//! use runnel_sdk::{Error, Output, Record};
+//!
+//! fn upper(record: Record) -> Result<Output, Error> {
+//!     let text = record.value_str()?.to_uppercase();
+//!     Ok(Output::from(record).with_value(text))
+//! }
+//!
+//! runnel_sdk::map!(upper);
+//! ```
+//!
+//! See `README.md` for the tutorial and [`map!`], [`filter!`], [`filter_map!`], [`flat_map!`] and
+//! [`processor!`] for the shapes a transform can take.
 
-/// One Kafka record as a plugin sees it: key and value are optional, as in Kafka,
-/// where a missing value is a tombstone and must stay distinct from an empty one.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Record {
-    /// The record key, `None` when the producer sent a null key.
-    pub key: Option<Vec<u8>>,
-    /// The record value, `None` for a tombstone.
-    pub value: Option<Vec<u8>>,
-    /// Milliseconds since the Unix epoch.
-    pub timestamp_ms: i64,
-}
+// The workspace `[lints]` table is not inherited here: cargo 1.65 (Debian's, which builds the
+// wasm32 plugins) does not know it. The same lints are set as crate attributes instead; keep
+// them in step with the root Cargo.toml. `unsafe_code` is allowed only in `host::wasm_imports`.
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
+#![warn(clippy::unwrap_used)]
 
-impl Record {
-    /// A record is a tombstone when its value is null: compaction deletes its key.
-    pub fn is_tombstone(&self) -> bool {
-        self.value.is_none()
-    }
-}
+pub mod abi;
+pub mod env;
+mod error;
+mod host;
+pub mod json;
+pub mod log;
+mod macros;
+mod output;
+mod record;
+pub mod state;
+pub mod transform;
+pub mod wire;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
-    #[test]
-    fn null_value_is_a_tombstone_but_empty_value_is_not() {
-        let tombstone = Record { key: Some(b"k".to_vec()), value: None, timestamp_ms: 1 };
-        let empty = Record { key: Some(b"k".to_vec()), value: Some(Vec::new()), timestamp_ms: 1 };
-        assert!(tombstone.is_tombstone());
-        assert!(!empty.is_tombstone());
-    }
+pub use env::get as env;
+pub use error::Error;
+pub use output::Output;
+pub use record::{Header, Record};
+pub use state::State;
+pub use transform::{Outputs, Transform};
+
+/// `Result` with the SDK's [`Error`], the return type of transform functions.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// Everything a transform usually needs, for `use runnel_sdk::prelude::*;`.
+pub mod prelude {
+    pub use crate::json::{self, Value};
+    pub use crate::{Error, Header, Output, Outputs, Record, State};
 }

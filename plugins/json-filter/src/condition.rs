@@ -1,0 +1,111 @@
+//! One comparison of a JSON field with a configured operand.
+//!
+//! - `EQUALS`/`NOT_EQUALS`: numbers compare numerically when the operand is a number (`1` equals
+//!   `1.0`); everything else compares the field's text (a string's content, or the JSON text of
+//!   `true`, `false`, `null`) with the operand. A missing field is not equal to anything.
+//! - `GT`/`GTE`/`LT`/`LTE`: numeric when the field is a number and the operand parses as one,
+//!   lexicographic when the field is a string (ISO-8601 timestamps order correctly); no match
+//!   otherwise.
+//! - `CONTAINS`: substring of a string field, or an element of an array field (by text).
+//! - `EXISTS`: `true` matches a present field (even `null`), `false` an absent one.
+
+use runnel_sdk::json::Value;
+use runnel_sdk::Error;
+use std::cmp::Ordering;
+
+/// The comparison operators, each configured by the env variable of its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `EQUALS`
+    Equals,
+    /// `NOT_EQUALS`
+    NotEquals,
+    /// `GT`
+    Gt,
+    /// `GTE`
+    Gte,
+    /// `LT`
+    Lt,
+    /// `LTE`
+    Lte,
+    /// `CONTAINS`
+    Contains,
+    /// `EXISTS`
+    Exists,
+}
+
+impl Op {
+    /// Every operator, in the order conditions are read.
+    pub const ALL: [Op; 8] = [Op::Equals, Op::NotEquals, Op::Gt, Op::Gte, Op::Lt, Op::Lte, Op::Contains, Op::Exists];
+
+    /// The env variable that configures it.
+    pub fn env_name(self) -> &'static str {
+        match self {
+            Op::Equals => "EQUALS",
+            Op::NotEquals => "NOT_EQUALS",
+            Op::Gt => "GT",
+            Op::Gte => "GTE",
+            Op::Lt => "LT",
+            Op::Lte => "LTE",
+            Op::Contains => "CONTAINS",
+            Op::Exists => "EXISTS",
+        }
+    }
+}
+
+/// One operator with its operand, the number parsed once up front.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    op: Op,
+    text: String,
+    number: Option<f64>,
+    exists: bool,
+}
+
+impl Condition {
+    /// Builds a condition; `EXISTS` must be `true` or `false`.
+    pub fn new(op: Op, operand: &str) -> Result<Self, Error> {
+        let exists = match (op, operand.trim()) {
+            (Op::Exists, "true") => true,
+            (Op::Exists, "false") => false,
+            (Op::Exists, other) => return Err(Error::new(format!("EXISTS={other:?}: expected true or false"))),
+            _ => false,
+        };
+        let number = operand.trim().parse::<f64>().ok().filter(|n| n.is_finite());
+        Ok(Condition { op, text: operand.to_string(), number, exists })
+    }
+
+    /// Whether `field` (`None` = absent) satisfies the condition.
+    pub fn matches(&self, field: Option<&Value>) -> bool {
+        match self.op {
+            Op::Exists => field.is_some() == self.exists,
+            Op::Equals => field.map_or(false, |f| self.equals(f)),
+            Op::NotEquals => field.map_or(true, |f| !self.equals(f)),
+            Op::Gt => self.order(field) == Some(Ordering::Greater),
+            Op::Gte => self.order(field).map_or(false, |o| o != Ordering::Less),
+            Op::Lt => self.order(field) == Some(Ordering::Less),
+            Op::Lte => self.order(field).map_or(false, |o| o != Ordering::Greater),
+            Op::Contains => match field {
+                Some(Value::String(s)) => s.contains(&self.text),
+                Some(Value::Array(items)) => items.iter().any(|item| self.equals(item)),
+                _ => false,
+            },
+        }
+    }
+
+    fn equals(&self, field: &Value) -> bool {
+        match (field.as_f64(), self.number) {
+            (Some(a), Some(b)) => a == b,
+            _ => field.to_plain_string() == self.text,
+        }
+    }
+
+    /// How the field orders against the operand, `None` when they do not compare.
+    fn order(&self, field: Option<&Value>) -> Option<Ordering> {
+        match field? {
+            Value::Number(n) => n.as_f64().partial_cmp(&self.number?),
+            Value::String(s) => Some(s.as_str().cmp(self.text.as_str())),
+            _ => None,
+        }
+    }
+}

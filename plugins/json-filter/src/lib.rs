@@ -1,0 +1,84 @@
+//! `json-filter`: keeps the records whose JSON value has a field matching every configured
+//! condition. Configuration (`--env`):
+//!
+//! - `FIELD` (required): dotted path of the field, e.g. `action` or `user.country`;
+//! - one or more conditions: `EQUALS`, `NOT_EQUALS`, `GT`, `GTE`, `LT`, `LTE`, `CONTAINS`,
+//!   `EXISTS` (`true`/`false`); see [`condition`] for how values compare;
+//! - `ON_INVALID` = `drop` (default), `keep` or `fail`: what to do with a value that is not JSON.
+//!
+//! Tombstones (null values) are always kept: they carry deletes for compacted topics.
+
+pub mod condition;
+
+use condition::{Condition, Op};
+use runnel_sdk::{env, Error, Record};
+
+/// What to do with a record whose value is not JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInvalid {
+    /// Drop it.
+    Drop,
+    /// Keep it.
+    Keep,
+    /// Fail the batch (the transform's `--on-error` policy then applies).
+    Fail,
+}
+
+impl OnInvalid {
+    /// Reads `ON_INVALID` (default `drop`).
+    pub fn from_env() -> Result<Self, Error> {
+        match env::get("ON_INVALID").as_deref().map(str::trim) {
+            None | Some("drop") => Ok(OnInvalid::Drop),
+            Some("keep") => Ok(OnInvalid::Keep),
+            Some("fail") => Ok(OnInvalid::Fail),
+            Some(other) => Err(Error::new(format!("ON_INVALID={other:?}: expected drop, keep or fail"))),
+        }
+    }
+}
+
+/// The parsed configuration.
+#[derive(Debug)]
+pub struct Config {
+    field: String,
+    conditions: Vec<Condition>,
+    on_invalid: OnInvalid,
+}
+
+/// Reads the configuration once per instance; errors name the bad setting.
+pub fn config() -> Result<Config, Error> {
+    let field = env::require("FIELD")?;
+    let mut conditions = Vec::new();
+    for op in Op::ALL {
+        if let Some(operand) = env::get(op.env_name()) {
+            conditions.push(Condition::new(op, &operand)?);
+        }
+    }
+    if conditions.is_empty() {
+        let names: Vec<&str> = Op::ALL.iter().map(|op| op.env_name()).collect();
+        return Err(Error::new(format!("no condition given: set one of {}", names.join(", "))));
+    }
+    Ok(Config { field, conditions, on_invalid: OnInvalid::from_env()? })
+}
+
+fn keep(config: &Config, record: &Record) -> Result<bool, Error> {
+    if record.is_tombstone() {
+        return Ok(true);
+    }
+    let value = match record.json() {
+        Ok(value) => value,
+        Err(e) => {
+            return match config.on_invalid {
+                OnInvalid::Drop => Ok(false),
+                OnInvalid::Keep => Ok(true),
+                OnInvalid::Fail => Err(e),
+            }
+        }
+    };
+    let field = value.get_path(&config.field);
+    Ok(config.conditions.iter().all(|c| c.matches(field)))
+}
+
+runnel_sdk::filter!(keep, config = config);
+
+#[cfg(test)]
+mod tests;

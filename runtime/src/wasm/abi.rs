@@ -1,0 +1,391 @@
+//! ABI v1 batch layouts (`sdk/ABI.md`): encoding the input batch and decoding the output batch.
+//!
+//! Pure functions over byte slices, no wasmtime: the decoder is the host's trust boundary for
+//! guest output, so it is written to be fuzzed. Every length is checked against what remains
+//! before it is used, and every count against its cap before anything is allocated.
+
+use bytes::Bytes;
+
+use crate::wasm::error::{OutputCap, ProcessError};
+use crate::wasm::limits::Limits;
+
+/// The ABI version this host speaks, and the `version` field of every input batch.
+pub const ABI_VERSION: i32 = 1;
+
+/// Byte-string length meaning null (`i32 len = -1`).
+const NULL_LEN: i32 = -1;
+
+/// One header of an input record, borrowed from the broker's batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader<'a> {
+    pub name: &'a [u8],
+    pub value: Option<&'a [u8]>,
+}
+
+/// One input record, borrowed from the broker's batch. `None` key/value is null (a tombstone
+/// for the value), distinct from an empty slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputRecord<'a> {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [RecordHeader<'a>],
+}
+
+/// One header of an output record. Its bytes share the batch's single copy of guest output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputHeader {
+    pub name: Bytes,
+    pub value: Option<Bytes>,
+}
+
+/// One record produced by the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputRecord {
+    /// Index into the transform's outputs, in deploy order (checked against their number).
+    pub output_index: u32,
+    /// `None` when the guest wrote -1 ("the timestamp of the input record that produced it").
+    /// ABI v1 does not say which input record that is; the embedder decides (see
+    /// [`OutputRecord::timestamp_or`]).
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<OutputHeader>,
+}
+
+impl OutputRecord {
+    /// The record's timestamp, or `input_timestamp_ms` when the guest asked for the input's.
+    pub fn timestamp_or(&self, input_timestamp_ms: i64) -> i64 {
+        self.timestamp_ms.unwrap_or(input_timestamp_ms)
+    }
+}
+
+/// Bytes `records` take once encoded, batch header included. Saturates instead of
+/// overflowing so an absurd batch is refused by the size cap, not by a panic.
+pub fn encoded_input_len(records: &[InputRecord<'_>]) -> usize {
+    const BATCH_HEADER: usize = 4 + 4 + 4;
+    const RECORD_FIXED: usize = 8 + 8 + 4 + 4 + 4;
+    let mut total = BATCH_HEADER;
+    for record in records {
+        let mut size = RECORD_FIXED + optional_len(record.key) + optional_len(record.value);
+        for header in record.headers {
+            size = size.saturating_add(8 + header.name.len() + optional_len(header.value));
+        }
+        total = total.saturating_add(size);
+    }
+    total
+}
+
+fn optional_len(bytes: Option<&[u8]>) -> usize {
+    bytes.map_or(0, <[u8]>::len)
+}
+
+/// Appends the ABI v1 input batch for `records` of `partition` to `out` (cleared first).
+/// Refuses a batch over `input_bytes_max` or one whose lengths do not fit the `i32`/`u32`
+/// fields, before writing anything.
+pub fn encode_input(
+    partition: i32,
+    records: &[InputRecord<'_>],
+    input_bytes_max: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), ProcessError> {
+    let len = encoded_input_len(records);
+    // i32::MAX bounds every length field and the guest's `len` parameter.
+    let cap = input_bytes_max.min(i32::MAX as usize);
+    if len > cap {
+        return Err(ProcessError::InputTooLarge { bytes: len, max_bytes: cap });
+    }
+    out.clear();
+    out.reserve(len);
+    out.extend_from_slice(&(ABI_VERSION as u32).to_le_bytes());
+    out.extend_from_slice(&partition.to_le_bytes());
+    put_count(out, records.len());
+    for record in records {
+        out.extend_from_slice(&record.offset.to_le_bytes());
+        out.extend_from_slice(&record.timestamp_ms.to_le_bytes());
+        put_bytes(out, record.key);
+        put_bytes(out, record.value);
+        put_count(out, record.headers.len());
+        for header in record.headers {
+            put_bytes(out, Some(header.name));
+            put_bytes(out, header.value);
+        }
+    }
+    assert_eq!(out.len(), len, "encoded input length disagrees with its size");
+    Ok(())
+}
+
+/// Counts and lengths fit `u32`/`i32`: the whole batch is at most `i32::MAX` bytes.
+fn put_count(out: &mut Vec<u8>, count: usize) {
+    let count = u32::try_from(count).expect("count bounded by the batch size cap");
+    out.extend_from_slice(&count.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => out.extend_from_slice(&NULL_LEN.to_le_bytes()),
+        Some(bytes) => {
+            let len = i32::try_from(bytes.len()).expect("length bounded by the batch size cap");
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// Decodes a guest output batch, already copied out of guest memory into `buffer` and already
+/// checked against `output_bytes_max`. Checks every cap and that each record names one of
+/// `outputs` outputs. Key, value and header bytes are slices of `buffer` (no copies).
+pub fn decode_output(buffer: &Bytes, outputs: u32, limits: &Limits) -> Result<Vec<OutputRecord>, ProcessError> {
+    let mut reader = Reader { buffer, position: 0 };
+    let count = reader.u32("record count")?;
+    if count as usize > limits.output_records_max {
+        return Err(ProcessError::OutputTooLarge {
+            cap: OutputCap::Records,
+            found: u64::from(count),
+            max: limits.output_records_max as u64,
+        });
+    }
+    // Smallest record: index, timestamp, two null byte strings, zero headers.
+    const RECORD_BYTES_MIN: usize = 4 + 8 + 4 + 4 + 4;
+    if count as usize > reader.remaining() / RECORD_BYTES_MIN {
+        return Err(reader.malformed("record count larger than the buffer can hold"));
+    }
+    let mut records = Vec::with_capacity(count as usize);
+    for record in 0..count as usize {
+        let output_index = reader.u32("output index")?;
+        if output_index >= outputs {
+            return Err(ProcessError::BadOutputIndex { record, output_index, outputs });
+        }
+        let timestamp_ms = match reader.i64("timestamp")? {
+            -1 => None,
+            timestamp_ms if timestamp_ms < 0 => {
+                return Err(reader.malformed("negative timestamp other than -1"));
+            }
+            timestamp_ms => Some(timestamp_ms),
+        };
+        let key = reader.bytes("key")?;
+        let value = reader.bytes("value")?;
+        if let Some(value) = &value {
+            if value.len() > limits.output_value_bytes_max {
+                return Err(ProcessError::OutputTooLarge {
+                    cap: OutputCap::ValueBytes,
+                    found: value.len() as u64,
+                    max: limits.output_value_bytes_max as u64,
+                });
+            }
+        }
+        let headers = reader.headers()?;
+        records.push(OutputRecord { output_index, timestamp_ms, key, value, headers });
+    }
+    if reader.remaining() != 0 {
+        return Err(reader.malformed("trailing bytes after the last record"));
+    }
+    Ok(records)
+}
+
+struct Reader<'a> {
+    buffer: &'a Bytes,
+    position: usize,
+}
+
+impl Reader<'_> {
+    fn remaining(&self) -> usize {
+        self.buffer.len() - self.position
+    }
+
+    fn malformed(&self, reason: &'static str) -> ProcessError {
+        ProcessError::MalformedOutput { at_byte: self.position, reason }
+    }
+
+    fn take(&mut self, len: usize, reason: &'static str) -> Result<Bytes, ProcessError> {
+        if len > self.remaining() {
+            return Err(self.malformed(reason));
+        }
+        let slice = self.buffer.slice(self.position..self.position + len);
+        self.position += len;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self, reason: &'static str) -> Result<[u8; N], ProcessError> {
+        let bytes = self.take(N, reason)?;
+        let mut array = [0; N];
+        array.copy_from_slice(&bytes);
+        Ok(array)
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, ProcessError> {
+        Ok(u32::from_le_bytes(self.array(truncated(what))?))
+    }
+
+    fn i64(&mut self, what: &'static str) -> Result<i64, ProcessError> {
+        Ok(i64::from_le_bytes(self.array(truncated(what))?))
+    }
+
+    fn bytes(&mut self, what: &'static str) -> Result<Option<Bytes>, ProcessError> {
+        let len = i32::from_le_bytes(self.array(truncated(what))?);
+        match len {
+            NULL_LEN => Ok(None),
+            len if len < 0 => Err(self.malformed("negative byte-string length other than -1")),
+            len => self.take(len as usize, truncated(what)).map(Some),
+        }
+    }
+
+    fn headers(&mut self) -> Result<Vec<OutputHeader>, ProcessError> {
+        let count = self.u32("header count")? as usize;
+        // Smallest header: two byte-string lengths.
+        if count > self.remaining() / 8 {
+            return Err(self.malformed("header count larger than the buffer can hold"));
+        }
+        let mut headers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let name = self.bytes("header name")?.ok_or_else(|| self.malformed("null header name"))?;
+            let value = self.bytes("header value")?;
+            headers.push(OutputHeader { name, value });
+        }
+        Ok(headers)
+    }
+}
+
+fn truncated(what: &'static str) -> &'static str {
+    match what {
+        "record count" => "truncated record count",
+        "output index" => "truncated output index",
+        "timestamp" => "truncated timestamp",
+        "key" => "truncated key",
+        "value" => "truncated value",
+        "header count" => "truncated header count",
+        "header name" => "truncated header name",
+        "header value" => "truncated header value",
+        _ => "truncated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out_record(buf: &mut Vec<u8>, index: u32, ts: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+        buf.extend_from_slice(&index.to_le_bytes());
+        buf.extend_from_slice(&ts.to_le_bytes());
+        put_bytes(buf, key);
+        put_bytes(buf, value);
+        buf.extend_from_slice(&0u32.to_le_bytes());
+    }
+
+    #[test]
+    fn input_layout_matches_the_abi() {
+        let headers = [RecordHeader { name: b"h", value: None }];
+        let records = [InputRecord { offset: 7, timestamp_ms: 9, key: None, value: Some(b"ab"), headers: &headers }];
+        let mut out = Vec::new();
+        encode_input(3, &records, usize::MAX, &mut out).expect("encodes");
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&1u32.to_le_bytes());
+        expected.extend_from_slice(&3i32.to_le_bytes());
+        expected.extend_from_slice(&1u32.to_le_bytes());
+        expected.extend_from_slice(&7i64.to_le_bytes());
+        expected.extend_from_slice(&9i64.to_le_bytes());
+        expected.extend_from_slice(&(-1i32).to_le_bytes());
+        expected.extend_from_slice(&2i32.to_le_bytes());
+        expected.extend_from_slice(b"ab");
+        expected.extend_from_slice(&1u32.to_le_bytes());
+        expected.extend_from_slice(&1i32.to_le_bytes());
+        expected.extend_from_slice(b"h");
+        expected.extend_from_slice(&(-1i32).to_le_bytes());
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn input_over_the_cap_is_refused() {
+        let records = [InputRecord { offset: 0, timestamp_ms: 0, key: None, value: Some(&[0; 100]), headers: &[] }];
+        let mut out = Vec::new();
+        let err = encode_input(0, &records, 50, &mut out).expect_err("over cap");
+        assert!(matches!(err, ProcessError::InputTooLarge { max_bytes: 50, .. }));
+    }
+
+    #[test]
+    fn output_keeps_null_and_empty_apart() {
+        let mut buf = 2u32.to_le_bytes().to_vec();
+        out_record(&mut buf, 0, -1, None, Some(b""));
+        out_record(&mut buf, 1, 5, Some(b""), None);
+        let records = decode_output(&Bytes::from(buf), 2, &Limits::default()).expect("decodes");
+        assert_eq!(records[0].key, None);
+        assert_eq!(records[0].value.as_deref(), Some(&b""[..]));
+        assert_eq!(records[0].timestamp_ms, None);
+        assert_eq!(records[1].key.as_deref(), Some(&b""[..]));
+        assert_eq!(records[1].value, None);
+        assert_eq!(records[1].timestamp_or(0), 5);
+    }
+
+    #[test]
+    fn output_caps_and_index_are_enforced() {
+        let limits = Limits { output_records_max: 1, output_value_bytes_max: 3, ..Limits::default() };
+        let mut two = 2u32.to_le_bytes().to_vec();
+        out_record(&mut two, 0, 0, None, None);
+        out_record(&mut two, 0, 0, None, None);
+        let err = decode_output(&Bytes::from(two), 1, &limits).expect_err("too many");
+        assert!(matches!(err, ProcessError::OutputTooLarge { cap: OutputCap::Records, .. }));
+
+        let mut big = 1u32.to_le_bytes().to_vec();
+        out_record(&mut big, 0, 0, None, Some(b"abcd"));
+        let err = decode_output(&Bytes::from(big), 1, &limits).expect_err("value too big");
+        assert!(matches!(err, ProcessError::OutputTooLarge { cap: OutputCap::ValueBytes, .. }));
+
+        let mut bad = 1u32.to_le_bytes().to_vec();
+        out_record(&mut bad, 1, 0, None, None);
+        let err = decode_output(&Bytes::from(bad), 1, &limits).expect_err("bad index");
+        assert!(matches!(err, ProcessError::BadOutputIndex { output_index: 1, outputs: 1, .. }));
+    }
+
+    #[test]
+    fn truncated_and_trailing_bytes_are_malformed() {
+        let mut buf = 1u32.to_le_bytes().to_vec();
+        out_record(&mut buf, 0, 0, Some(b"key"), None);
+        let full = Bytes::from(buf.clone());
+        for cut in 0..full.len() {
+            let err = decode_output(&full.slice(..cut), 1, &Limits::default()).expect_err("cut");
+            assert!(matches!(err, ProcessError::MalformedOutput { .. }), "cut {cut}: {err}");
+        }
+        buf.push(0);
+        let err = decode_output(&Bytes::from(buf), 1, &Limits::default()).expect_err("trailing");
+        assert!(matches!(err, ProcessError::MalformedOutput { .. }));
+    }
+
+    /// Seeded fuzz-ish check: random and mutated buffers never panic the decoder.
+    #[test]
+    fn random_output_buffers_never_panic() {
+        let mut seed: u64 = 0x5eed_0001;
+        let mut next = move || {
+            // splitmix64
+            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = seed;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut valid = 3u32.to_le_bytes().to_vec();
+        out_record(&mut valid, 0, 1, Some(b"k"), Some(b"value"));
+        out_record(&mut valid, 1, -1, None, None);
+        out_record(&mut valid, 0, 2, Some(b""), Some(b"x"));
+        let limits = Limits::default();
+        let mut decoded = 0;
+        for round in 0..20_000 {
+            let buffer = if round % 2 == 0 {
+                let len = (next() % 96) as usize;
+                (0..len).map(|_| next() as u8).collect::<Vec<u8>>()
+            } else {
+                let mut mutated = valid.clone();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % mutated.len();
+                    mutated[at] = next() as u8;
+                }
+                mutated
+            };
+            if decode_output(&Bytes::from(buffer), 2, &limits).is_ok() {
+                decoded += 1;
+            }
+        }
+        // The mutations keep some buffers valid: the run did exercise the success path.
+        assert!(decoded > 0, "seed 0x5eed0001: no buffer decoded");
+    }
+}

@@ -1,0 +1,158 @@
+//! The guest side of ABI v1: the bodies of the exports the entry-point macros generate
+//! (`runnel_abi_version`, `runnel_alloc`, `runnel_init`, `runnel_process`), and
+//! [`process_batch`], the target-independent core the native harness runs too.
+//!
+//! Buffers handed to the host are plain `Vec<u8>`s the SDK keeps owning (a registry of live
+//! input allocations, and the last output), so this module needs no unsafe code: the host's
+//! pointer is looked up, never dereferenced.
+
+use crate::transform::BoxedTransform;
+use crate::{host, wire, Error, Outputs};
+use std::cell::RefCell;
+
+/// The ABI version `runnel_abi_version` returns.
+pub const ABI_VERSION: i32 = 1;
+/// `runnel_process` code: processing error (message via `set_error`).
+pub const ERR_PROCESSING: i64 = -1;
+/// `runnel_process` code: malformed input batch.
+pub const ERR_MALFORMED: i64 = -2;
+/// `runnel_process` code: allocation failure.
+pub const ERR_ALLOC: i64 = -3;
+
+/// Why a batch failed: the code `runnel_process` returns and the message given to `set_error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// One of [`ERR_PROCESSING`], [`ERR_MALFORMED`], [`ERR_ALLOC`].
+    pub code: i64,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into() }
+    }
+}
+
+/// Decodes `input`, runs every record through `transform` and encodes the outputs.
+/// A user error names the offset of the record that caused it.
+pub fn process_batch(input: &[u8], transform: &mut dyn crate::Transform) -> Result<Vec<u8>, Failure> {
+    let records = wire::decode_input(input).map_err(|m| Failure::new(ERR_MALFORMED, m.to_string()))?;
+    let mut out = Outputs::default();
+    for record in records {
+        let (offset, timestamp_ms) = (record.offset, record.timestamp_ms);
+        let first_new = out.len();
+        transform
+            .process(record, &mut out)
+            .map_err(|e| Failure::new(ERR_PROCESSING, format!("record at offset {offset}: {e}")))?;
+        // The host sees a batch, not which input produced which output, so "the input's
+        // timestamp" (`None`) is resolved here, where that is known. Only an input without a
+        // timestamp (negative, e.g. Kafka's -1) leaves -1 for the host.
+        if timestamp_ms >= 0 {
+            out.fill_missing_timestamps(first_new, timestamp_ms);
+        }
+    }
+    wire::encode_output(&out.into_vec()).map_err(|e| match e {
+        wire::EncodeError::OutOfMemory => Failure::new(ERR_ALLOC, "out of memory encoding the output batch"),
+        wire::EncodeError::TooLong => Failure::new(ERR_PROCESSING, "an output field is longer than 2 GiB"),
+        wire::EncodeError::BadTimestamp(ts) => {
+            Failure::new(ERR_PROCESSING, format!("output timestamp {ts} is negative (use -1/None for the input's)"))
+        }
+    })
+}
+
+thread_local! {
+    /// Input buffers handed out by `runnel_alloc` and not yet consumed by `runnel_process`.
+    static ALLOCATIONS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// The last output batch; the host copies it before calling into the guest again.
+    static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// This module instance's transform, built by `runnel_init` or the first batch.
+    static INSTANCE: RefCell<Option<BoxedTransform>> = const { RefCell::new(None) };
+}
+
+/// Body of `runnel_alloc`: a zeroed buffer of `len` bytes, or 0 when `len` is negative or the
+/// memory cannot grow.
+pub fn alloc(len: i32) -> i32 {
+    if len < 0 {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    if buf.try_reserve_exact(len as usize).is_err() {
+        return 0;
+    }
+    buf.resize(len as usize, 0);
+    let ptr = buf.as_ptr() as usize as i32;
+    ALLOCATIONS.with(|a| a.borrow_mut().push(buf));
+    ptr
+}
+
+/// Takes back the buffer `runnel_alloc` returned at `ptr`, if there is one.
+fn take_allocation(ptr: i32) -> Option<Vec<u8>> {
+    ALLOCATIONS.with(|a| {
+        let mut a = a.borrow_mut();
+        let i = a.iter().position(|b| b.as_ptr() as usize as i32 == ptr)?;
+        Some(a.swap_remove(i))
+    })
+}
+
+/// Makes sure the instance exists, building it with `factory` on first use.
+fn ensure_instance(factory: fn() -> Result<BoxedTransform, Error>) -> Result<(), Failure> {
+    INSTANCE.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.is_none() {
+            let instance =
+                factory().map_err(|e| Failure::new(ERR_PROCESSING, format!("initialization failed: {e}")))?;
+            *slot = Some(instance);
+        }
+        Ok(())
+    })
+}
+
+/// Body of `runnel_init`: builds the instance so configuration errors show at deploy.
+pub fn init(factory: fn() -> Result<BoxedTransform, Error>) -> i32 {
+    match ensure_instance(factory) {
+        Ok(()) => 0,
+        Err(f) => {
+            host::host_set_error(f.message.as_bytes());
+            1
+        }
+    }
+}
+
+/// Body of `runnel_process`.
+pub fn process(ptr: i32, len: i32, factory: fn() -> Result<BoxedTransform, Error>) -> i64 {
+    match process_at(ptr, len, factory) {
+        Ok(packed) => packed,
+        Err(f) => {
+            host::host_set_error(f.message.as_bytes());
+            f.code
+        }
+    }
+}
+
+fn process_at(ptr: i32, len: i32, factory: fn() -> Result<BoxedTransform, Error>) -> Result<i64, Failure> {
+    let input = take_allocation(ptr)
+        .ok_or_else(|| Failure::new(ERR_MALFORMED, format!("input at {ptr} was not allocated by runnel_alloc")))?;
+    if len < 0 || len as usize > input.len() {
+        return Err(Failure::new(ERR_MALFORMED, format!("input length {len} exceeds its allocation")));
+    }
+    ensure_instance(factory)?;
+    let encoded = INSTANCE.with(|slot| match slot.borrow_mut().as_mut() {
+        Some(instance) => process_batch(&input[..len as usize], instance.as_mut()),
+        None => Err(Failure::new(ERR_PROCESSING, "no transform instance")),
+    })?;
+    // The input is freed here, before returning, as the ABI says.
+    drop(input);
+    OUTPUT.with(|o| {
+        let mut o = o.borrow_mut();
+        *o = encoded;
+        let out_ptr = o.as_ptr() as usize as u64;
+        let out_len = o.len() as u64;
+        // A negative result means failure, so the output must start below 2 GiB (always the case
+        // under the host's default 64 MiB memory cap).
+        if out_ptr >= 1 << 31 || out_len > u64::from(u32::MAX) {
+            return Err(Failure::new(ERR_ALLOC, "output buffer lies above 2 GiB of guest memory"));
+        }
+        Ok(((out_ptr << 32) | out_len) as i64)
+    })
+}

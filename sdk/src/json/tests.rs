@@ -1,0 +1,144 @@
+use super::*;
+
+fn p(text: &str) -> Value {
+    match parse_str(text) {
+        Ok(v) => v,
+        Err(e) => panic!("{text:?} should parse: {e}"),
+    }
+}
+
+#[test]
+fn parses_all_value_kinds_and_keeps_member_order() {
+    let v = p(r#" {"b": [1, -2.5, 3e2, true, false, null], "a": {"s": "x"}} "#);
+    let members: Vec<&str> = v.as_object().map(|m| m.iter().map(|(k, _)| k.as_str()).collect()).unwrap_or_default();
+    assert_eq!(members, vec!["b", "a"]);
+    let b = v.get("b").and_then(Value::as_array).unwrap_or(&[]);
+    assert_eq!(b[0], Value::Number(Number::Int(1)));
+    assert_eq!(b[1].as_f64(), Some(-2.5));
+    assert_eq!(b[2], Value::Number(Number::Float(300.0)));
+    assert_eq!(b[3].as_bool(), Some(true));
+    assert!(b[5].is_null());
+    assert_eq!(v.get_path("a.s").and_then(Value::as_str), Some("x"));
+}
+
+#[test]
+fn serializes_compactly_and_round_trips() {
+    let text = r#"{"b":[1,-2.5,300.0,true,false,null],"a":{"s":"x"},"e":{},"f":[]}"#;
+    assert_eq!(p(text).to_string(), text);
+}
+
+#[test]
+fn large_integers_stay_exact_and_overflowing_ones_become_floats() {
+    assert_eq!(p("9007199254740993").to_string(), "9007199254740993");
+    assert_eq!(p("-9223372036854775808").as_i64(), Some(i64::MIN));
+    assert_eq!(p("9223372036854775808"), Value::Number(Number::Float(9.223372036854776e18)));
+    assert_eq!(p("1e300").to_string(), "1e300");
+    assert!(parse_str("1e400").is_err(), "infinity has no JSON form");
+}
+
+#[test]
+fn string_escapes_and_unicode_decode() {
+    assert_eq!(p(r#""a\"b\\c\/d\b\f\n\r\t""#).as_str(), Some("a\"b\\c/d\u{8}\u{c}\n\r\t"));
+    assert_eq!(p(r#""\u00e9\u4e2d""#).as_str(), Some("é中"));
+    assert_eq!(p(r#""\ud83d\ude00""#).as_str(), Some("😀"));
+    assert_eq!(p("\"raw é 😀\"").as_str(), Some("raw é 😀"));
+}
+
+#[test]
+fn serialization_escapes_quotes_backslashes_and_control_characters_only() {
+    let v = Value::from("q\"b\\n\nt\tc\u{1}é😀");
+    assert_eq!(v.to_string(), "\"q\\\"b\\\\n\\nt\\tc\\u0001é😀\"");
+    assert_eq!(p(&v.to_string()), v);
+}
+
+#[test]
+fn rejects_malformed_text() {
+    let bad = [
+        "",
+        "{",
+        "[1,]",
+        "{\"a\":1,}",
+        "{a:1}",
+        "01",
+        "1.",
+        "-",
+        "1e",
+        "tru",
+        "nul",
+        "\"unterminated",
+        "\"bad \\x escape\"",
+        "\"\\ud800\"",
+        "\"\\udc00\"",
+        "\"\\ud800\\u0041\"",
+        "\"\\u12\"",
+        "\"tab\tinside\"",
+        "1 2",
+        "[1] x",
+        "{\"a\" 1}",
+    ];
+    for text in bad {
+        assert!(parse_str(text).is_err(), "{text:?} should be rejected");
+    }
+    assert!(parse(&[b'"', 0xff, b'"']).is_err(), "invalid UTF-8");
+}
+
+#[test]
+fn nesting_is_bounded() {
+    let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+    assert!(parse_str(&ok).is_ok());
+    let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+    assert_eq!(parse_str(&deep).map_err(|e| e.reason), Err("nesting too deep"));
+    // Far deeper than any stack: rejected by the limit, not by overflowing.
+    assert!(parse_str(&"{\"a\":".repeat(100_000)).is_err());
+}
+
+#[test]
+fn duplicate_keys_read_the_last_and_insert_deduplicates() {
+    let mut v = p(r#"{"a":1,"b":2,"a":3}"#);
+    assert_eq!(v.get("a").and_then(Value::as_i64), Some(3));
+    assert_eq!(v.insert("a", Value::from(9)), Some(Value::from(3)));
+    assert_eq!(v.to_string(), r#"{"a":9,"b":2}"#);
+}
+
+#[test]
+fn path_operations_create_replace_and_remove() {
+    let mut v = p(r#"{"user":{"id":"u1","name":"Ann"},"x":1}"#);
+    assert_eq!(v.set_path("user.name", Value::from("***")), Some(Value::from("Ann")));
+    assert_eq!(v.set_path("geo.country", Value::from("FR")), None);
+    assert_eq!(v.set_path("x.y", Value::from(true)), None, "a non-object intermediate is replaced");
+    assert_eq!(v.remove_path("user.id"), Some(Value::from("u1")));
+    assert_eq!(v.remove_path("nope.id"), None);
+    assert_eq!(v.to_string(), r#"{"user":{"name":"***"},"x":{"y":true},"geo":{"country":"FR"}}"#);
+    assert_eq!(Value::from(1).set_path("a", Value::Null), None, "non-objects are left alone");
+}
+
+#[test]
+fn plain_string_compares_strings_by_text_and_others_by_json() {
+    assert_eq!(p(r#""click""#).to_plain_string(), "click");
+    assert_eq!(p("42").to_plain_string(), "42");
+    assert_eq!(p("true").to_plain_string(), "true");
+    assert_eq!(Value::from(f64::NAN), Value::Null);
+}
+
+#[test]
+fn mutated_documents_never_panic_and_what_parses_round_trips() {
+    let doc = br#"{"a":[1,-2.5e3,"x\u00e9\ud83d\ude00",{"b":null,"c":[true,false]}],"d":"\n\"q\""}"#;
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let alphabet = b"{}[]\",:\\u0123456789eE.-+ tfnalrsx\xff\xc3";
+    for _ in 0..20_000 {
+        let mut buf = doc.to_vec();
+        for _ in 0..(next() % 3 + 1) {
+            let at = (next() as usize) % buf.len();
+            buf[at] = alphabet[(next() as usize) % alphabet.len()];
+        }
+        if let Ok(value) = parse(&buf) {
+            assert_eq!(parse_str(&value.to_string()).ok(), Some(value));
+        }
+    }
+}

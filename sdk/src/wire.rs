@@ -1,0 +1,391 @@
+//! The ABI v1 batch layouts (ABI.md): decoding the host's input batch and encoding the output
+//! batch, plus the mirror images (encode input, decode output) used by the native test harness.
+//!
+//! Decoding never trusts the input: every length is checked against the bytes that remain, and
+//! counts never size an allocation before the bytes backing them have been seen, so a malformed
+//! batch yields [`Malformed`] (ABI code -2) instead of a panic or a huge allocation.
+
+use crate::{Header, Output, Record};
+use std::fmt;
+
+/// The batch layout version this SDK reads and writes.
+pub const BATCH_VERSION: u32 = 1;
+
+/// The smallest encoding of one input record (offset, timestamp, two null byte strings, no
+/// headers); bounds how many records a batch of a given size can hold.
+const MIN_INPUT_RECORD: usize = 8 + 8 + 4 + 4 + 4;
+/// The smallest encoding of one output record.
+const MIN_OUTPUT_RECORD: usize = 4 + 8 + 4 + 4 + 4;
+/// The smallest encoding of one header (two null/empty byte strings).
+const MIN_HEADER: usize = 4 + 4;
+
+/// Why a batch could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    /// What was wrong.
+    pub reason: String,
+    /// Byte position in the batch where it was noticed.
+    pub at: usize,
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed batch at byte {}: {}", self.at, self.reason)
+    }
+}
+
+/// A bounds-checked little-endian cursor over a byte slice.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn malformed(&self, reason: impl Into<String>) -> Malformed {
+        Malformed { reason: reason.into(), at: self.pos }
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], Malformed> {
+        if n > self.remaining() {
+            return Err(self.malformed(format!("{what}: needs {n} bytes, {} left", self.remaining())));
+        }
+        let bytes = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(bytes)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], Malformed> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, what)?);
+        Ok(out)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, Malformed> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn i32(&mut self, what: &str) -> Result<i32, Malformed> {
+        Ok(i32::from_le_bytes(self.array(what)?))
+    }
+
+    fn i64(&mut self, what: &str) -> Result<i64, Malformed> {
+        Ok(i64::from_le_bytes(self.array(what)?))
+    }
+
+    /// A byte string: `i32 len` then `len` bytes, `-1` = null; other negatives are malformed.
+    fn bytes(&mut self, what: &str) -> Result<Option<Vec<u8>>, Malformed> {
+        let len = self.i32(what)?;
+        if len == -1 {
+            return Ok(None);
+        }
+        if len < 0 {
+            return Err(self.malformed(format!("{what}: negative length {len}")));
+        }
+        Ok(Some(self.take(len as usize, what)?.to_vec()))
+    }
+
+    /// A count of items each at least `min_size` bytes long, checked against what remains.
+    fn count(&mut self, what: &str, min_size: usize) -> Result<usize, Malformed> {
+        let count = self.u32(what)? as usize;
+        if count > self.remaining() / min_size {
+            return Err(self.malformed(format!("{what} {count} cannot fit in {} bytes", self.remaining())));
+        }
+        Ok(count)
+    }
+
+    fn headers(&mut self) -> Result<Vec<Header>, Malformed> {
+        let count = self.count("header count", MIN_HEADER)?;
+        let mut headers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let name = match self.bytes("header name")? {
+                Some(name) => name,
+                None => return Err(self.malformed("header name is null")),
+            };
+            let value = self.bytes("header value")?;
+            headers.push(Header { name, value });
+        }
+        Ok(headers)
+    }
+
+    fn finish(&self) -> Result<(), Malformed> {
+        match self.remaining() {
+            0 => Ok(()),
+            n => Err(self.malformed(format!("{n} trailing bytes after the last record"))),
+        }
+    }
+}
+
+/// Decodes an input batch (host → guest) into records carrying the batch's partition.
+pub fn decode_input(buf: &[u8]) -> Result<Vec<Record>, Malformed> {
+    let mut r = Reader::new(buf);
+    let version = r.u32("batch version")?;
+    if version != BATCH_VERSION {
+        return Err(r.malformed(format!("batch version {version}, this SDK reads {BATCH_VERSION}")));
+    }
+    let partition = r.i32("partition")?;
+    let count = r.count("record count", MIN_INPUT_RECORD)?;
+    let mut records = Vec::with_capacity(count);
+    for _ in 0..count {
+        let offset = r.i64("offset")?;
+        let timestamp_ms = r.i64("timestamp")?;
+        let key = r.bytes("key")?;
+        let value = r.bytes("value")?;
+        let headers = r.headers()?;
+        records.push(Record { key, value, headers, timestamp_ms, offset, partition });
+    }
+    r.finish()?;
+    Ok(records)
+}
+
+/// Why an output batch could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    /// A key, value or header is longer than an `i32` length can say.
+    TooLong,
+    /// The buffer could not grow (ABI code -3).
+    OutOfMemory,
+    /// An output timestamp is negative but not -1 ("take the input's"), which the ABI forbids.
+    BadTimestamp(i64),
+}
+
+/// Appends to a buffer, reporting allocation failure instead of aborting: in a 64 MiB guest a
+/// large output must fail the batch with -3, not trap.
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        self.buf.try_reserve(bytes.len()).map_err(|_| EncodeError::OutOfMemory)?;
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn bytes(&mut self, value: Option<&[u8]>) -> Result<(), EncodeError> {
+        match value {
+            None => self.put(&(-1i32).to_le_bytes()),
+            Some(bytes) => {
+                let len = i32::try_from(bytes.len()).map_err(|_| EncodeError::TooLong)?;
+                self.put(&len.to_le_bytes())?;
+                self.put(bytes)
+            }
+        }
+    }
+
+    fn headers(&mut self, headers: &[Header]) -> Result<(), EncodeError> {
+        let count = u32::try_from(headers.len()).map_err(|_| EncodeError::TooLong)?;
+        self.put(&count.to_le_bytes())?;
+        for header in headers {
+            self.bytes(Some(&header.name))?;
+            self.bytes(header.value.as_deref())?;
+        }
+        Ok(())
+    }
+}
+
+/// Encodes an output batch (guest → host).
+pub fn encode_output(outputs: &[Output]) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer { buf: Vec::new() };
+    let count = u32::try_from(outputs.len()).map_err(|_| EncodeError::TooLong)?;
+    w.put(&count.to_le_bytes())?;
+    for out in outputs {
+        w.put(&out.index.to_le_bytes())?;
+        let timestamp = match out.timestamp_ms {
+            None => -1,
+            Some(ts) if ts < 0 => return Err(EncodeError::BadTimestamp(ts)),
+            Some(ts) => ts,
+        };
+        w.put(&timestamp.to_le_bytes())?;
+        w.bytes(out.key.as_deref())?;
+        w.bytes(out.value.as_deref())?;
+        w.headers(&out.headers)?;
+    }
+    Ok(w.buf)
+}
+
+/// Encodes an input batch as the host would (used by the native harness and host tests).
+pub fn encode_input(partition: i32, records: &[Record]) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer { buf: Vec::new() };
+    w.put(&BATCH_VERSION.to_le_bytes())?;
+    w.put(&partition.to_le_bytes())?;
+    let count = u32::try_from(records.len()).map_err(|_| EncodeError::TooLong)?;
+    w.put(&count.to_le_bytes())?;
+    for rec in records {
+        w.put(&rec.offset.to_le_bytes())?;
+        w.put(&rec.timestamp_ms.to_le_bytes())?;
+        w.bytes(rec.key.as_deref())?;
+        w.bytes(rec.value.as_deref())?;
+        w.headers(&rec.headers)?;
+    }
+    Ok(w.buf)
+}
+
+/// Decodes an output batch as the host would (used by the native harness). A timestamp of -1
+/// decodes to `None` ("take the input's").
+pub fn decode_output(buf: &[u8]) -> Result<Vec<Output>, Malformed> {
+    let mut r = Reader::new(buf);
+    let count = r.count("output count", MIN_OUTPUT_RECORD)?;
+    let mut outputs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let index = r.u32("output index")?;
+        let timestamp = r.i64("timestamp")?;
+        let key = r.bytes("key")?;
+        let value = r.bytes("value")?;
+        let headers = r.headers()?;
+        let timestamp_ms = if timestamp == -1 { None } else { Some(timestamp) };
+        outputs.push(Output { index, timestamp_ms, key, value, headers });
+    }
+    r.finish()?;
+    Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Record> {
+        vec![
+            Record::new("v1").with_key("k1").with_timestamp(10).with_offset(5).with_header("h", "x"),
+            Record { key: None, value: None, offset: 6, timestamp_ms: 11, ..Record::default() },
+            Record {
+                key: Some(Vec::new()),
+                value: Some(Vec::new()),
+                headers: vec![Header { name: b"n".to_vec(), value: None }],
+                offset: 7,
+                ..Record::default()
+            },
+        ]
+    }
+
+    #[test]
+    fn input_round_trips_keeping_null_and_empty_distinct() {
+        let buf = encode_input(3, &sample()).expect("encode");
+        let decoded = decode_input(&buf).expect("decode");
+        let mut expected = sample();
+        for rec in &mut expected {
+            rec.partition = 3;
+        }
+        assert_eq!(decoded, expected);
+        assert_eq!(decoded[1].value, None);
+        assert_eq!(decoded[2].value, Some(Vec::new()));
+    }
+
+    #[test]
+    fn input_layout_matches_the_abi_byte_for_byte() {
+        let rec = Record { key: None, value: Some(b"ab".to_vec()), offset: 1, timestamp_ms: 2, ..Record::default() };
+        let buf = encode_input(-1, &[rec]).expect("encode");
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&1u32.to_le_bytes());
+        expected.extend_from_slice(&(-1i32).to_le_bytes());
+        expected.extend_from_slice(&1u32.to_le_bytes());
+        expected.extend_from_slice(&1i64.to_le_bytes());
+        expected.extend_from_slice(&2i64.to_le_bytes());
+        expected.extend_from_slice(&(-1i32).to_le_bytes());
+        expected.extend_from_slice(&2i32.to_le_bytes());
+        expected.extend_from_slice(b"ab");
+        expected.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(buf, expected);
+    }
+
+    #[test]
+    fn output_layout_encodes_index_and_missing_timestamp_as_minus_one() {
+        let out = Output::new("z").to(2);
+        let buf = encode_output(std::slice::from_ref(&out)).expect("encode");
+        assert_eq!(&buf[0..4], &1u32.to_le_bytes());
+        assert_eq!(&buf[4..8], &2u32.to_le_bytes());
+        assert_eq!(&buf[8..16], &(-1i64).to_le_bytes());
+        assert_eq!(decode_output(&buf).expect("decode"), vec![out]);
+    }
+
+    #[test]
+    fn negative_output_timestamps_are_refused() {
+        let err = encode_output(&[Output::new("v").with_timestamp(-5)]).expect_err("negative");
+        assert_eq!(err, EncodeError::BadTimestamp(-5));
+    }
+
+    #[test]
+    fn every_truncation_of_a_valid_batch_is_rejected_without_panicking() {
+        let buf = encode_input(0, &sample()).expect("encode");
+        for len in 0..buf.len() {
+            assert!(decode_input(&buf[..len]).is_err(), "prefix of {len} bytes accepted");
+        }
+    }
+
+    #[test]
+    fn corrupted_batches_are_rejected_or_decoded_but_never_panic() {
+        let buf = encode_input(0, &sample()).expect("encode");
+        // Overwrite every 4-byte window with hostile values (huge counts, negative lengths).
+        for pos in 0..buf.len().saturating_sub(4) {
+            for hostile in [u32::MAX, 0x7fff_ffff, 0xffff_fffe, 1000] {
+                let mut bad = buf.clone();
+                bad[pos..pos + 4].copy_from_slice(&hostile.to_le_bytes());
+                let _ = decode_input(&bad);
+            }
+        }
+    }
+
+    /// A tiny deterministic generator (no dependencies): xorshift64.
+    fn next(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    #[test]
+    fn random_bytes_and_random_mutations_never_panic_and_round_trip_when_valid() {
+        let valid = encode_input(0, &sample()).expect("encode");
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut buf = valid.clone();
+            for _ in 0..(next(&mut seed) % 4 + 1) {
+                let at = (next(&mut seed) as usize) % buf.len();
+                buf[at] = next(&mut seed) as u8;
+            }
+            if let Ok(records) = decode_input(&buf) {
+                // Whatever decodes must re-encode to exactly the same bytes.
+                assert_eq!(encode_input(records.first().map_or(0, |r| r.partition), &records).ok(), Some(buf));
+            }
+            let len = (next(&mut seed) % 64) as usize;
+            let noise: Vec<u8> = (0..len).map(|_| next(&mut seed) as u8).collect();
+            let _ = decode_input(&noise);
+            let _ = decode_output(&noise);
+        }
+    }
+
+    #[test]
+    fn huge_record_count_is_rejected_before_allocating() {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&1u32.to_le_bytes());
+        buf.extend_from_slice(&0i32.to_le_bytes());
+        buf.extend_from_slice(&u32::MAX.to_le_bytes());
+        let err = decode_input(&buf).expect_err("count cannot fit");
+        assert!(err.reason.contains("record count"), "{err}");
+    }
+
+    #[test]
+    fn wrong_version_null_header_name_and_trailing_bytes_are_malformed() {
+        let mut buf = encode_input(0, &[]).expect("encode");
+        buf[0] = 2;
+        assert!(decode_input(&buf).expect_err("version").reason.contains("version 2"));
+
+        let mut buf = encode_input(0, &[]).expect("encode");
+        buf.push(0);
+        assert!(decode_input(&buf).expect_err("trailing").reason.contains("trailing"));
+
+        let rec = Record::new("v").with_header("h", "x");
+        let mut buf = encode_input(0, &[rec]).expect("encode");
+        // The header name length sits after version, partition, count, offset, ts, key, value.
+        let name_len_at = 4 + 4 + 4 + 8 + 8 + 4 + (4 + 1) + 4;
+        buf[name_len_at..name_len_at + 4].copy_from_slice(&(-1i32).to_le_bytes());
+        assert!(decode_input(&buf).expect_err("null name").reason.contains("header name is null"));
+    }
+}
