@@ -1,26 +1,15 @@
-//! The processor factory `runnel serve` gives the transform service.
+//! The processor factory `runnel serve` gives the transform service: the wasmtime host, with
+//! compiled modules cached under the data directory.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use runnel_runtime::transform::{Failure, ProcessorFactory};
+use anyhow::Context;
+use runnel_runtime::transform::{ProcessorFactory, WasmProcessorFactory};
 
-/// Placeholder until the WASM host is wired in: refuses every module.
-struct NoEngine;
-
-impl ProcessorFactory for NoEngine {
-    fn validate(&self, _module: &[u8]) -> Result<(), Failure> {
-        Err(Failure::new("engine", "this build has no WASM engine"))
-    }
-
-    fn instantiate(
-        &self,
-        _setup: runnel_runtime::transform::InstanceSetup<'_>,
-    ) -> Result<Box<dyn runnel_runtime::transform::Processor>, Failure> {
-        Err(Failure::new("engine", "this build has no WASM engine"))
-    }
-}
-
-pub(crate) fn factory(_data_dir: &Path) -> anyhow::Result<Arc<dyn ProcessorFactory>> {
-    Ok(Arc::new(NoEngine))
+pub(crate) fn factory(data_dir: &Path) -> anyhow::Result<Arc<dyn ProcessorFactory>> {
+    let cache_dir = data_dir.join("wasm-cache");
+    let factory = WasmProcessorFactory::new(Some(cache_dir.clone()))
+        .with_context(|| format!("starting the WASM host (module cache {})", cache_dir.display()))?;
+    Ok(Arc::new(factory))
 }

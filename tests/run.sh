@@ -85,6 +85,15 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp_file" 2>/dev/null)" != "$want
 fi
 
 # --- Rust: one release build serves the binary and the tests ----------------------------------
+# Plugins (WASM transforms) build with Debian's Rust 1.63, the toolchain here with a wasm32
+# standard library; the transform tests deploy what plugins/build.sh puts in plugins/dist/.
+if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ] \
+    || ! ls /usr/lib/rustlib/wasm32-unknown-unknown/lib/libstd-*.rlib >/dev/null 2>&1; then
+    apt_install rustc cargo libstd-rust-dev-wasm32
+fi
+log "plugins/build.sh (WASM plugins, their native tests)"
+bash "$repo_root/plugins/build.sh"
+
 target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
 log "cargo build --release --bins (target: $target_dir)"
 cargo build --release --bins

@@ -17,6 +17,7 @@ mod records;
 mod runner;
 pub mod service;
 pub mod spec;
+mod wasm_processor;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +29,7 @@ pub use processor::{
 pub use runner::InstanceState;
 pub use service::{InstanceInfo, TransformInfo, TransformService};
 pub use spec::{OnError, StartFrom, TransformSpec};
+pub use wasm_processor::WasmProcessorFactory;
 
 /// Why a transform operation failed.
 #[derive(Debug, thiserror::Error)]
