@@ -441,18 +441,15 @@ fn deadline_is_configurable_and_reported() {
 #[test]
 fn sdk_built_plugins_run_if_present() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cases: &[(&str, u32, &[(&str, &str)], usize)] = &[
+    // (path, outputs, env, records expected from the batch below)
+    type Case = (&'static str, u32, &'static [(&'static str, &'static str)], usize);
+    let cases: &[Case] = &[
         ("plugins/dist/json-filter.wasm", 1, &[("FIELD", "action"), ("EQUALS", "click")], 2),
         ("plugins/dist/json-project.wasm", 1, &[("FIELDS", "user")], 3),
         ("plugins/dist/router.wasm", 3, &[("FIELD", "action"), ("ROUTES", "click:1,buy:2")], 3),
         ("plugins/dist/dedup.wasm", 1, &[("WINDOW_MS", "10000")], 1),
         ("plugins/dist/hello-transform.wasm", 2, &[("SALT", "s")], 3),
-        (
-            "examples/hello-transform/target/wasm32-wasi/release/hello_transform.wasm",
-            2,
-            &[("SALT", "s")],
-            3,
-        ),
+        ("examples/hello-transform/target/wasm32-wasi/release/hello_transform.wasm", 2, &[("SALT", "s")], 3),
     ];
     let host = host();
     let values = [
@@ -460,11 +457,8 @@ fn sdk_built_plugins_run_if_present() {
         br#"{"user":"u2","action":"buy","page":"/cart"}"#.as_slice(),
         br#"{"user":"u1","action":"click","page":"/a"}"#.as_slice(),
     ];
-    let batch: Vec<InputRecord<'_>> = values
-        .iter()
-        .enumerate()
-        .map(|(n, value)| record(n as i64, Some(b"same-key"), Some(value)))
-        .collect();
+    let batch: Vec<InputRecord<'_>> =
+        values.iter().enumerate().map(|(n, value)| record(n as i64, Some(b"same-key"), Some(value))).collect();
     for (path, outputs, env, expected_records) in cases {
         let Ok(wasm) = std::fs::read(root.join(path)) else {
             println!("{path}: not built, skipped");
@@ -484,4 +478,66 @@ fn sdk_built_plugins_run_if_present() {
         );
         assert_eq!(output.records.len(), *expected_records, "{path}: {output:?}");
     }
+}
+
+/// A minimal module around `body` (extra module fields), with an empty-output `runnel_process`
+/// that fails with -1 unless the global `$ready` is 1.
+fn module_with(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+             (import "runnel" "set_error" (func $set_error (param i32 i32)))
+             (memory (export "memory") 1)
+             (data (i32.const 16) "init said no")
+             (global $ready (mut i32) (i32.const 0))
+             (func (export "runnel_abi_version") (result i32) (i32.const 1))
+             (func (export "runnel_alloc") (param i32) (result i32) (i32.const 8192))
+             (func (export "runnel_process") (param i32 i32) (result i64)
+               (if (i32.ne (global.get $ready) (i32.const 1)) (then (return (i64.const -1))))
+               (i32.store (i32.const 4096) (i32.const 0))
+               (i64.const 0x0000100000000004))
+             {body})"#
+    ))
+    .expect("wat")
+}
+
+#[test]
+fn wasi_reactor_initialize_runs_before_runnel_init() {
+    let host = host();
+    let wasm = module_with(
+        r#"(func (export "_initialize") (global.set $ready (i32.const 1)))
+           (func (export "runnel_init") (result i32)
+             (if (result i32) (i32.eq (global.get $ready) (i32.const 1))
+               (then (global.set $ready (i32.const 1)) (i32.const 0))
+               (else (i32.const 9))))"#,
+    );
+    let mut instance = instance(&host.load(&wasm).expect("load"));
+    assert!(instance.process(&[]).is_ok());
+}
+
+#[test]
+fn failing_runnel_init_refuses_the_instance() {
+    let host = host();
+    let wasm = module_with(
+        r#"(func (export "runnel_init") (result i32)
+             (call $set_error (i32.const 16) (i32.const 12))
+             (i32.const 7))"#,
+    );
+    let module = host.load(&wasm).expect("load");
+    let error = module.instantiate(InstanceConfig::new(0, 1, MemoryStateStore::new())).expect_err("init fails");
+    match &error {
+        InstantiateError::InitFailed { code: 7, message: Some(message) } => {
+            assert_eq!(message, "init said no")
+        }
+        other => panic!("expected InitFailed, got {other:?}"),
+    }
+    let trapping = module_with(r#"(func (export "runnel_init") (result i32) unreachable)"#);
+    let error = host
+        .load(&trapping)
+        .expect("load")
+        .instantiate(InstanceConfig::new(0, 1, MemoryStateStore::new()))
+        .expect_err("init traps");
+    assert!(
+        matches!(&error, InstantiateError::InitFault(inner) if matches!(**inner, ProcessError::Trap { .. })),
+        "{error}"
+    );
 }

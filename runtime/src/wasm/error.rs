@@ -50,7 +50,7 @@ pub enum InstantiateError {
     Instantiate { message: String },
     #[error("`runnel_init` returned {code}{}", message_suffix(.message))]
     InitFailed { code: i32, message: Option<String> },
-    #[error("`runnel_init` failed: {0}")]
+    #[error("initialization (`_initialize` or `runnel_init`) failed: {0}")]
     InitFault(#[source] Box<ProcessError>),
 }
 

@@ -194,6 +194,9 @@ impl TransformInstance {
         let internal = |error: wasmtime::Error| InstantiateError::Instantiate { message: error_chain(&error) };
         let alloc = instance.get_typed_func::<i32, i32>(&mut store, "runnel_alloc").map_err(internal)?;
         let process = instance.get_typed_func::<(i32, i32), i64>(&mut store, "runnel_process").map_err(internal)?;
+        if self.module.inner.has_wasi_initialize {
+            self.call_wasi_initialize(&mut store, &instance, ticks)?;
+        }
         if self.module.inner.has_init {
             let init = instance.get_typed_func::<(), i32>(&mut store, "runnel_init").map_err(internal)?;
             store.data_mut().begin_call(0);
@@ -215,6 +218,29 @@ impl TransformInstance {
             store.data_mut().overlay.clear();
         }
         Ok(Live { store, memory, alloc, process })
+    }
+}
+
+impl TransformInstance {
+    /// Runs a WASI reactor's `_initialize` (its libc constructors) before anything else.
+    fn call_wasi_initialize(
+        &mut self,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+        ticks: u64,
+    ) -> Result<(), InstantiateError> {
+        let initialize = instance
+            .get_typed_func::<(), ()>(&mut *store, "_initialize")
+            .map_err(|error| InstantiateError::Instantiate { message: error_chain(&error) })?;
+        store.data_mut().begin_call(0);
+        store.set_epoch_deadline(ticks);
+        let result = initialize.call(&mut *store, ());
+        let logs = finish_logs(store.data_mut(), &self.limits, 0);
+        self.ring.extend(&logs);
+        result.map_err(|error| {
+            let error = classify(error, store.data(), self.limits.init_deadline);
+            InstantiateError::InitFault(Box::new(error))
+        })
     }
 }
 

@@ -39,6 +39,8 @@ pub(crate) struct ModuleInner {
     pub(crate) digest: [u8; 32],
     pub(crate) source: ModuleSource,
     pub(crate) has_init: bool,
+    /// A WASI reactor's `_initialize` (libc constructors), called before `runnel_init`.
+    pub(crate) has_wasi_initialize: bool,
 }
 
 impl TransformModule {
@@ -75,6 +77,9 @@ const REQUIRED_EXPORTS: &[HostSignature] = &[
     sig("runnel_process", &[Wasm::I32, Wasm::I32], &[Wasm::I64]),
 ];
 const INIT_EXPORT: HostSignature = sig("runnel_init", &[], &[Wasm::I32]);
+/// WASI reactor modules (e.g. C built with `-mexec-model=reactor`) export `_initialize`, which
+/// must run once before any other export.
+const WASI_INITIALIZE_EXPORT: HostSignature = sig("_initialize", &[], &[]);
 
 pub(crate) fn load(host: &WasmHost, wasm: &[u8]) -> Result<TransformModule, LoadError> {
     let inner = &host.inner;
@@ -93,6 +98,7 @@ pub(crate) fn load(host: &WasmHost, wasm: &[u8]) -> Result<TransformModule, Load
         }
     };
     let has_init = check_exports(&module)?;
+    let has_wasi_initialize = check_func_export(&module, &WASI_INITIALIZE_EXPORT, false)?;
     let linker = link(&inner.linker, &module)?;
     let pre = linker.instantiate_pre(&module).map_err(|error| LoadError::Link { message: error_chain(&error) })?;
     check_abi_version(host, &pre)?;
@@ -103,7 +109,9 @@ pub(crate) fn load(host: &WasmHost, wasm: &[u8]) -> Result<TransformModule, Load
             }
         }
     }
-    Ok(TransformModule { inner: Arc::new(ModuleInner { host: host.clone(), pre, digest, source, has_init }) })
+    Ok(TransformModule {
+        inner: Arc::new(ModuleInner { host: host.clone(), pre, digest, source, has_init, has_wasi_initialize }),
+    })
 }
 
 /// Checks `memory` and the `runnel_*` exports; returns whether `runnel_init` is exported.
@@ -130,6 +138,7 @@ fn check_func_export(module: &Module, export: &HostSignature, required: bool) ->
         "runnel_abi_version" => "func () -> (i32)",
         "runnel_alloc" => "func (i32) -> (i32)",
         "runnel_process" => "func (i32, i32) -> (i64)",
+        "_initialize" => "func () -> ()",
         _ => "func () -> (i32)",
     };
     debug_assert_eq!(expected, export.describe());
