@@ -138,7 +138,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
 /// `outputs` outputs. Key, value and header bytes are slices of `buffer` (no copies).
 pub fn decode_output(buffer: &Bytes, outputs: u32, limits: &Limits) -> Result<Vec<OutputRecord>, ProcessError> {
     let mut reader = Reader { buffer, position: 0 };
-    let count = reader.u32("record count")?;
+    let count = reader.u32("truncated record count")?;
     if count as usize > limits.output_records_max {
         return Err(ProcessError::OutputTooLarge {
             cap: OutputCap::Records,
@@ -153,19 +153,19 @@ pub fn decode_output(buffer: &Bytes, outputs: u32, limits: &Limits) -> Result<Ve
     }
     let mut records = Vec::with_capacity(count as usize);
     for record in 0..count as usize {
-        let output_index = reader.u32("output index")?;
+        let output_index = reader.u32("truncated output index")?;
         if output_index >= outputs {
             return Err(ProcessError::BadOutputIndex { record, output_index, outputs });
         }
-        let timestamp_ms = match reader.i64("timestamp")? {
+        let timestamp_ms = match reader.i64("truncated timestamp")? {
             -1 => None,
             timestamp_ms if timestamp_ms < 0 => {
                 return Err(reader.malformed("negative timestamp other than -1"));
             }
             timestamp_ms => Some(timestamp_ms),
         };
-        let key = reader.bytes("key")?;
-        let value = reader.bytes("value")?;
+        let key = reader.bytes("truncated key")?;
+        let value = reader.bytes("truncated value")?;
         if let Some(value) = &value {
             if value.len() > limits.output_value_bytes_max {
                 return Err(ProcessError::OutputTooLarge {
@@ -214,50 +214,36 @@ impl Reader<'_> {
         Ok(array)
     }
 
-    fn u32(&mut self, what: &'static str) -> Result<u32, ProcessError> {
-        Ok(u32::from_le_bytes(self.array(truncated(what))?))
+    fn u32(&mut self, truncated: &'static str) -> Result<u32, ProcessError> {
+        Ok(u32::from_le_bytes(self.array(truncated)?))
     }
 
-    fn i64(&mut self, what: &'static str) -> Result<i64, ProcessError> {
-        Ok(i64::from_le_bytes(self.array(truncated(what))?))
+    fn i64(&mut self, truncated: &'static str) -> Result<i64, ProcessError> {
+        Ok(i64::from_le_bytes(self.array(truncated)?))
     }
 
-    fn bytes(&mut self, what: &'static str) -> Result<Option<Bytes>, ProcessError> {
-        let len = i32::from_le_bytes(self.array(truncated(what))?);
+    fn bytes(&mut self, truncated: &'static str) -> Result<Option<Bytes>, ProcessError> {
+        let len = i32::from_le_bytes(self.array(truncated)?);
         match len {
             NULL_LEN => Ok(None),
             len if len < 0 => Err(self.malformed("negative byte-string length other than -1")),
-            len => self.take(len as usize, truncated(what)).map(Some),
+            len => self.take(len as usize, truncated).map(Some),
         }
     }
 
     fn headers(&mut self) -> Result<Vec<OutputHeader>, ProcessError> {
-        let count = self.u32("header count")? as usize;
+        let count = self.u32("truncated header count")? as usize;
         // Smallest header: two byte-string lengths.
         if count > self.remaining() / 8 {
             return Err(self.malformed("header count larger than the buffer can hold"));
         }
         let mut headers = Vec::with_capacity(count);
         for _ in 0..count {
-            let name = self.bytes("header name")?.ok_or_else(|| self.malformed("null header name"))?;
-            let value = self.bytes("header value")?;
+            let name = self.bytes("truncated header name")?.ok_or_else(|| self.malformed("null header name"))?;
+            let value = self.bytes("truncated header value")?;
             headers.push(OutputHeader { name, value });
         }
         Ok(headers)
-    }
-}
-
-fn truncated(what: &'static str) -> &'static str {
-    match what {
-        "record count" => "truncated record count",
-        "output index" => "truncated output index",
-        "timestamp" => "truncated timestamp",
-        "key" => "truncated key",
-        "value" => "truncated value",
-        "header count" => "truncated header count",
-        "header name" => "truncated header name",
-        "header value" => "truncated header value",
-        _ => "truncated",
     }
 }
 
