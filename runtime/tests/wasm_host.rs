@@ -204,6 +204,31 @@ fn wasi_preview1_subset_is_locked_down() {
     assert!(instance.process(&[record(3, None, None)]).is_ok(), "recovers after proc_exit");
 }
 
+/// A clock stopped at a fixed instant, as a simulation would supply.
+struct FixedClock;
+
+impl runnel_runtime::GuestClock for FixedClock {
+    fn realtime_ns(&self) -> u64 {
+        1_234_567_890_000_000_000
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        42
+    }
+}
+
+#[test]
+fn guest_time_comes_from_the_configured_clock() {
+    let host = host();
+    let module = load(&host, "wasi.wat");
+    let mut config = InstanceConfig::new(0, 1, MemoryStateStore::new());
+    config.clock = Arc::new(FixedClock);
+    let mut instance = module.instantiate(config).expect("instantiate");
+    let output = instance.process(&[record(0, None, None)]).expect("process");
+    let value = output.records[0].value.clone().expect("value");
+    assert_eq!(u64::from_le_bytes(value[24..32].try_into().expect("8 bytes")), 1_234_567_890_000_000_000);
+}
+
 #[test]
 fn modules_that_break_the_abi_are_refused_at_load() {
     let host = host();
@@ -452,6 +477,10 @@ fn sdk_built_plugins_run_if_present() {
         ("examples/hello-transform/target/wasm32-wasi/release/hello_transform.wasm", 2, &[("SALT", "s")], 3),
     ];
     let host = host();
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let cached_host =
+        WasmHost::new(HostConfig { cache_dir: Some(cache_dir.path().to_path_buf()), ..HostConfig::default() })
+            .expect("host");
     let values = [
         br#"{"user":"u1","action":"click","page":"/"}"#.as_slice(),
         br#"{"user":"u2","action":"buy","page":"/cart"}"#.as_slice(),
@@ -464,7 +493,17 @@ fn sdk_built_plugins_run_if_present() {
             println!("{path}: not built, skipped");
             continue;
         };
+        let started = Instant::now();
         let module = host.load(&wasm).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let compile = started.elapsed();
+        let started = Instant::now();
+        let cached = cached_host.load(&wasm).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let cold_cache = started.elapsed();
+        let started = Instant::now();
+        let cached = cached_host.load(&wasm).map(|again| (again.source(), cached.source()));
+        let warm_cache = started.elapsed();
+        assert_eq!(cached.expect("cached load").0, ModuleSource::Cache, "{path}");
+        println!("{path}: load {compile:?} compiling, {cold_cache:?} compiling into the cache, {warm_cache:?} from it");
         let mut config = InstanceConfig::new(0, *outputs, MemoryStateStore::new());
         config.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut instance = module.instantiate(config).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use wasmtime::{Engine, Instance, InstancePre, Memory, Store, Trap, TypedFunc};
 
 use crate::wasm::abi::{decode_output, encode_input, InputRecord, OutputRecord};
+use crate::wasm::clock::{GuestClock, SystemGuestClock};
 use crate::wasm::error::{HostFault, InstantiateError, OutputCap, ProcessError};
 use crate::wasm::limits::{deadline_ticks, Limits};
 use crate::wasm::log::{LogLine, LogRing};
@@ -16,8 +17,9 @@ use crate::wasm::module::{error_chain, TransformModule};
 use crate::wasm::state::{StateChange, StateStore};
 use crate::wasm::store::{os_seed, HostState};
 
-/// Lines of guest log an instance keeps for `transform logs`: ten batches at the per-batch cap.
-pub const LOG_RING_LINES_DEFAULT: usize = 1_000;
+/// Lines of guest log an instance keeps for `transform logs`: a few batches at the per-batch cap,
+/// at most 256 x 4 KiB = 1 MiB per instance with the default line cap.
+pub const LOG_RING_LINES_DEFAULT: usize = 256;
 
 /// What one instance is given by the embedder.
 #[derive(Clone)]
@@ -35,6 +37,8 @@ pub struct InstanceConfig {
     pub log_ring_lines: usize,
     /// Seed of WASI `random_get`; `None` draws one from the OS. Set it to replay a run.
     pub random_seed: Option<u64>,
+    /// The clocks the guest reads through WASI; a simulation supplies its own.
+    pub clock: Arc<dyn GuestClock>,
 }
 
 impl InstanceConfig {
@@ -48,6 +52,7 @@ impl InstanceConfig {
             limits: Limits::default(),
             log_ring_lines: LOG_RING_LINES_DEFAULT,
             random_seed: None,
+            clock: Arc::new(SystemGuestClock::new()),
         }
     }
 }
@@ -76,6 +81,7 @@ pub struct TransformInstance {
     env: Arc<BTreeMap<String, String>>,
     state: Arc<dyn StateStore>,
     random_seed: Option<u64>,
+    clock: Arc<dyn GuestClock>,
     ring: LogRing,
     /// `None` after a failure that left linear memory undefined; re-created on next use.
     live: Option<Live>,
@@ -108,6 +114,7 @@ impl TransformInstance {
             env: Arc::new(config.env),
             state: config.state,
             random_seed: config.random_seed,
+            clock: config.clock,
             ring: LogRing::new(config.log_ring_lines),
             live: None,
             batch: 0,
@@ -186,6 +193,7 @@ impl TransformInstance {
             Arc::clone(&self.env),
             Arc::clone(&self.state),
             seed.wrapping_add(self.instantiations),
+            Arc::clone(&self.clock),
         );
         self.instantiations += 1;
         let mut store = new_store(&host.engine, state);

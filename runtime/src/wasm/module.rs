@@ -8,6 +8,7 @@ use wasmtime::{ExternType, InstancePre, Linker, Module};
 
 use crate::wasm::abi::ABI_VERSION;
 use crate::wasm::cache::{hex, sha256};
+use crate::wasm::clock::SystemGuestClock;
 use crate::wasm::engine::WasmHost;
 use crate::wasm::error::{InstantiateError, LoadError};
 use crate::wasm::host::{describe_func, sig, HostSignature, Wasm, RUNNEL_IMPORTS, RUNNEL_MODULE};
@@ -193,7 +194,13 @@ fn check_abi_version(host: &WasmHost, pre: &InstancePre<HostState>) -> Result<()
     let limits = Arc::new(inner.config.load_limits.clone());
     let budget = limits.init_deadline;
     let ticks = deadline_ticks(budget, inner.config.epoch_tick);
-    let state = HostState::new(Arc::clone(&limits), Arc::new(BTreeMap::new()), MemoryStateStore::new(), 0);
+    let state = HostState::new(
+        Arc::clone(&limits),
+        Arc::new(BTreeMap::new()),
+        MemoryStateStore::new(),
+        0,
+        Arc::new(SystemGuestClock::new()),
+    );
     let mut store = instance::new_store(&inner.engine, state);
     let handle = instance::instantiate(&mut store, pre, ticks).map_err(LoadError::Instantiate)?;
     let abi_version = handle
