@@ -277,6 +277,15 @@ fn modules_that_break_the_abi_are_refused_at_load() {
              (func (export "runnel_process") (param i32 i32) (result i64) (i64.const 0)))"#,
     )
     .expect("wat");
+    let huge_table = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (table 200000 funcref)
+             (func (export "runnel_abi_version") (result i32) (i32.const 1))
+             (func (export "runnel_alloc") (param i32) (result i32) (i32.const 0))
+             (func (export "runnel_process") (param i32 i32) (result i64) (i64.const 0)))"#,
+    )
+    .expect("wat");
+    let error = host.load(&huge_table).expect_err("initial table over the cap");
+    assert!(matches!(error, LoadError::Instantiate(InstantiateError::MemoryLimit { .. })), "{error}");
     let error = host.load(&huge_memory).expect_err("initial memory over the cap");
     assert!(matches!(error, LoadError::Instantiate(InstantiateError::MemoryLimit { .. })), "{error}");
 }
@@ -579,4 +588,42 @@ fn failing_runnel_init_refuses_the_instance() {
         matches!(&error, InstantiateError::InitFault(inner) if matches!(**inner, ProcessError::Trap { .. })),
         "{error}"
     );
+}
+
+/// One instance per (transform, partition): a broker holds many at once. Each reserves
+/// address space for its memory (not RAM): check a thousand coexist and all work.
+#[test]
+fn a_thousand_instances_coexist() {
+    let host = host();
+    let module = load(&host, "uppercase.wat");
+    let started = Instant::now();
+    let mut instances: Vec<TransformInstance> = (0..1000).map(|_| instance(&module)).collect();
+    println!("1000 instances in {:?}", started.elapsed());
+    for instance in &mut instances {
+        let output = instance.process(&[record(0, None, Some(b"x"))]).expect("process");
+        assert_eq!(output.records[0].value.as_deref(), Some(&b"X"[..]));
+    }
+}
+
+/// A state store that fails every read, as a broken disk would.
+struct BrokenStore;
+
+impl runnel_runtime::StateStore for BrokenStore {
+    fn get(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, runnel_runtime::StateStoreError> {
+        Err(runnel_runtime::StateStoreError { message: "disk on fire".to_string() })
+    }
+}
+
+#[test]
+fn state_store_failures_are_host_failures() {
+    let host = host();
+    let module = load(&host, "counter.wat");
+    let mut instance = module.instantiate(InstanceConfig::new(0, 1, Arc::new(BrokenStore))).expect("instantiate");
+    let error = instance.process(&[record(0, Some(b"k"), Some(b"v"))]).expect_err("store fails");
+    assert!(matches!(&error, ProcessError::StateStore { message } if message == "disk on fire"), "{error}");
+    assert!(error.is_host_failure() && error.discards_instance());
+    // Deletes need no read: the instance came back and works.
+    let output = instance.process(&[record(1, Some(b"k"), None)]).expect("delete");
+    assert_eq!(output.state_changes.len(), 1);
+    assert_eq!(instance.instantiations(), 2);
 }

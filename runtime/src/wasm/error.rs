@@ -141,6 +141,15 @@ impl ProcessError {
     }
 }
 
+impl ProcessError {
+    /// True when the batch failed for a reason outside the guest (the state store, wasmtime
+    /// itself): retry the same batch rather than apply the transform's `--on-error` policy
+    /// (skip, dead-letter, stop), which is for failures the guest's code or data caused.
+    pub fn is_host_failure(&self) -> bool {
+        matches!(self, ProcessError::StateStore { .. } | ProcessError::Internal { .. })
+    }
+}
+
 fn message_suffix(message: &Option<String>) -> String {
     match message {
         Some(message) => format!(": {message}"),

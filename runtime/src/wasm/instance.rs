@@ -366,7 +366,8 @@ pub(crate) fn classify(error: wasmtime::Error, host: &HostState, budget: Duratio
             ProcessError::Deadline { budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX) }
         }
         Some(trap) => ProcessError::Trap { message: format!("{trap}{guest_message}") },
-        None => ProcessError::Trap { message: format!("{}{guest_message}", error_chain(&error)) },
+        // Not a trap: wasmtime itself failed (host out of memory, ...).
+        None => ProcessError::Internal { message: format!("{}{guest_message}", error_chain(&error)) },
     }
 }
 
