@@ -38,7 +38,8 @@ pub mod bench;
 mod wasm;
 
 pub use wasm::abi::{
-    decode_output, encode_input, encoded_input_len, InputRecord, OutputHeader, OutputRecord, RecordHeader, ABI_VERSION,
+    checked_input_len, decode_output, encode_input, encoded_input_len, InputRecord, OutputHeader, OutputRecord,
+    RecordHeader, ABI_VERSION,
 };
 pub use wasm::clock::{GuestClock, SystemGuestClock};
 pub use wasm::engine::{HostConfig, WasmHost};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use wasmtime::{Engine, Instance, InstancePre, Memory, Store, Trap, TypedFunc};
 
-use crate::wasm::abi::{decode_output, encode_input, InputRecord, OutputRecord};
+use crate::wasm::abi::{checked_input_len, decode_output, write_input, InputRecord, OutputRecord};
 use crate::wasm::clock::{GuestClock, SystemGuestClock};
 use crate::wasm::error::{HostFault, InstantiateError, OutputCap, ProcessError};
 use crate::wasm::limits::{deadline_ticks, Limits};
@@ -87,8 +87,6 @@ pub struct TransformInstance {
     live: Option<Live>,
     batch: u64,
     instantiations: u64,
-    /// Reused encoding buffer for input batches.
-    input: Vec<u8>,
 }
 
 struct Live {
@@ -119,7 +117,6 @@ impl TransformInstance {
             live: None,
             batch: 0,
             instantiations: 0,
-            input: Vec::new(),
         };
         instance.live = Some(instance.instantiate_live()?);
         Ok(instance)
@@ -131,7 +128,7 @@ impl TransformInstance {
     pub fn process(&mut self, records: &[InputRecord<'_>]) -> Result<ProcessOutput, ProcessError> {
         self.batch += 1;
         let batch = self.batch;
-        encode_input(self.partition, records, self.limits.input_bytes_max, &mut self.input)?;
+        let input_bytes = checked_input_len(records, self.limits.input_bytes_max)?;
         if self.live.is_none() {
             self.live = Some(self.instantiate_live().map_err(ProcessError::Instantiate)?);
         }
@@ -140,14 +137,15 @@ impl TransformInstance {
         };
         let ticks = deadline_ticks(self.limits.process_deadline, self.module.inner.host.inner.config.epoch_tick);
         live.store.data_mut().begin_call(batch);
-        let result = run_batch(live, &self.input, ticks, self.outputs, &self.limits);
+        let input = Input { partition: self.partition, records, bytes: input_bytes };
+        let result = run_batch(live, &input, ticks, self.outputs, &self.limits);
         let host = live.store.data_mut();
         let logs = finish_logs(host, &self.limits, batch);
         self.ring.extend(&logs);
         let state_changes = host.overlay.take();
         match result {
             Ok((records, output_bytes)) => {
-                Ok(ProcessOutput { records, state_changes, logs, input_bytes: self.input.len(), output_bytes })
+                Ok(ProcessOutput { records, state_changes, logs, input_bytes, output_bytes })
             }
             Err(error) => {
                 if error.discards_instance() {
@@ -263,10 +261,17 @@ impl std::fmt::Debug for TransformInstance {
     }
 }
 
+/// A batch on its way in, its encoded size already checked.
+struct Input<'r, 'a> {
+    partition: i32,
+    records: &'r [InputRecord<'a>],
+    bytes: usize,
+}
+
 /// The batch round trip on a live instance. Returns the records and the output size.
 fn run_batch(
     live: &mut Live,
-    input: &[u8],
+    input: &Input<'_, '_>,
     ticks: u64,
     outputs: u32,
     limits: &Limits,
@@ -275,8 +280,8 @@ fn run_batch(
     let store = &mut live.store;
     // One deadline covers the allocation and the processing of the batch.
     store.set_epoch_deadline(ticks);
-    // encode_input caps the batch at i32::MAX bytes.
-    let len = u32::try_from(input.len()).expect("input batch fits u32");
+    // checked_input_len caps the batch at i32::MAX bytes.
+    let len = u32::try_from(input.bytes).expect("input batch fits u32");
     let ptr = live.alloc.call(&mut *store, len as i32).map_err(|error| classify(error, store.data(), budget))? as u32;
     if ptr == 0 {
         return Err(ProcessError::AllocFailed { len });
@@ -286,7 +291,8 @@ fn run_batch(
     if end > memory_bytes {
         return Err(ProcessError::AllocOutOfBounds { ptr, len, memory_bytes });
     }
-    live.memory.data_mut(&mut *store)[ptr as usize..end].copy_from_slice(input);
+    // Encoded straight into the guest's buffer: no intermediate copy.
+    write_input(input.partition, input.records, &mut live.memory.data_mut(&mut *store)[ptr as usize..end]);
     let returned = live
         .process
         .call(&mut *store, (ptr as i32, len as i32))
