@@ -40,8 +40,10 @@ pub mod transform;
 mod wasm;
 
 pub use wasm::abi::{
-    decode_output, encode_input, encoded_input_len, InputRecord, OutputHeader, OutputRecord, RecordHeader, ABI_VERSION,
+    checked_input_len, decode_output, encode_input, encoded_input_len, InputRecord, OutputHeader, OutputRecord,
+    RecordHeader, ABI_VERSION,
 };
+pub use wasm::clock::{GuestClock, SystemGuestClock};
 pub use wasm::engine::{HostConfig, WasmHost};
 pub use wasm::error::{HostError, InstantiateError, LoadError, OutputCap, ProcessError};
 pub use wasm::host::{STATE_PUT_BATCH_FULL, STATE_PUT_KEY_TOO_LARGE, STATE_PUT_VALUE_TOO_LARGE};

@@ -204,6 +204,31 @@ fn wasi_preview1_subset_is_locked_down() {
     assert!(instance.process(&[record(3, None, None)]).is_ok(), "recovers after proc_exit");
 }
 
+/// A clock stopped at a fixed instant, as a simulation would supply.
+struct FixedClock;
+
+impl runnel_runtime::GuestClock for FixedClock {
+    fn realtime_ns(&self) -> u64 {
+        1_234_567_890_000_000_000
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        42
+    }
+}
+
+#[test]
+fn guest_time_comes_from_the_configured_clock() {
+    let host = host();
+    let module = load(&host, "wasi.wat");
+    let mut config = InstanceConfig::new(0, 1, MemoryStateStore::new());
+    config.clock = Arc::new(FixedClock);
+    let mut instance = module.instantiate(config).expect("instantiate");
+    let output = instance.process(&[record(0, None, None)]).expect("process");
+    let value = output.records[0].value.clone().expect("value");
+    assert_eq!(u64::from_le_bytes(value[24..32].try_into().expect("8 bytes")), 1_234_567_890_000_000_000);
+}
+
 #[test]
 fn modules_that_break_the_abi_are_refused_at_load() {
     let host = host();
@@ -252,6 +277,15 @@ fn modules_that_break_the_abi_are_refused_at_load() {
              (func (export "runnel_process") (param i32 i32) (result i64) (i64.const 0)))"#,
     )
     .expect("wat");
+    let huge_table = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (table 200000 funcref)
+             (func (export "runnel_abi_version") (result i32) (i32.const 1))
+             (func (export "runnel_alloc") (param i32) (result i32) (i32.const 0))
+             (func (export "runnel_process") (param i32 i32) (result i64) (i64.const 0)))"#,
+    )
+    .expect("wat");
+    let error = host.load(&huge_table).expect_err("initial table over the cap");
+    assert!(matches!(error, LoadError::Instantiate(InstantiateError::MemoryLimit { .. })), "{error}");
     let error = host.load(&huge_memory).expect_err("initial memory over the cap");
     assert!(matches!(error, LoadError::Instantiate(InstantiateError::MemoryLimit { .. })), "{error}");
 }
@@ -441,36 +475,44 @@ fn deadline_is_configurable_and_reported() {
 #[test]
 fn sdk_built_plugins_run_if_present() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cases: &[(&str, u32, &[(&str, &str)], usize)] = &[
+    // (path, outputs, env, records expected from the batch below)
+    type Case = (&'static str, u32, &'static [(&'static str, &'static str)], usize);
+    let cases: &[Case] = &[
         ("plugins/dist/json-filter.wasm", 1, &[("FIELD", "action"), ("EQUALS", "click")], 2),
         ("plugins/dist/json-project.wasm", 1, &[("FIELDS", "user")], 3),
         ("plugins/dist/router.wasm", 3, &[("FIELD", "action"), ("ROUTES", "click:1,buy:2")], 3),
         ("plugins/dist/dedup.wasm", 1, &[("WINDOW_MS", "10000")], 1),
         ("plugins/dist/hello-transform.wasm", 2, &[("SALT", "s")], 3),
-        (
-            "examples/hello-transform/target/wasm32-wasi/release/hello_transform.wasm",
-            2,
-            &[("SALT", "s")],
-            3,
-        ),
+        ("examples/hello-transform/target/wasm32-wasi/release/hello_transform.wasm", 2, &[("SALT", "s")], 3),
     ];
     let host = host();
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let cached_host =
+        WasmHost::new(HostConfig { cache_dir: Some(cache_dir.path().to_path_buf()), ..HostConfig::default() })
+            .expect("host");
     let values = [
         br#"{"user":"u1","action":"click","page":"/"}"#.as_slice(),
         br#"{"user":"u2","action":"buy","page":"/cart"}"#.as_slice(),
         br#"{"user":"u1","action":"click","page":"/a"}"#.as_slice(),
     ];
-    let batch: Vec<InputRecord<'_>> = values
-        .iter()
-        .enumerate()
-        .map(|(n, value)| record(n as i64, Some(b"same-key"), Some(value)))
-        .collect();
+    let batch: Vec<InputRecord<'_>> =
+        values.iter().enumerate().map(|(n, value)| record(n as i64, Some(b"same-key"), Some(value))).collect();
     for (path, outputs, env, expected_records) in cases {
         let Ok(wasm) = std::fs::read(root.join(path)) else {
             println!("{path}: not built, skipped");
             continue;
         };
+        let started = Instant::now();
         let module = host.load(&wasm).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let compile = started.elapsed();
+        let started = Instant::now();
+        let cached = cached_host.load(&wasm).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let cold_cache = started.elapsed();
+        let started = Instant::now();
+        let cached = cached_host.load(&wasm).map(|again| (again.source(), cached.source()));
+        let warm_cache = started.elapsed();
+        assert_eq!(cached.expect("cached load").0, ModuleSource::Cache, "{path}");
+        println!("{path}: load {compile:?} compiling, {cold_cache:?} compiling into the cache, {warm_cache:?} from it");
         let mut config = InstanceConfig::new(0, *outputs, MemoryStateStore::new());
         config.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut instance = module.instantiate(config).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -484,4 +526,104 @@ fn sdk_built_plugins_run_if_present() {
         );
         assert_eq!(output.records.len(), *expected_records, "{path}: {output:?}");
     }
+}
+
+/// A minimal module around `body` (extra module fields), with an empty-output `runnel_process`
+/// that fails with -1 unless the global `$ready` is 1.
+fn module_with(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+             (import "runnel" "set_error" (func $set_error (param i32 i32)))
+             (memory (export "memory") 1)
+             (data (i32.const 16) "init said no")
+             (global $ready (mut i32) (i32.const 0))
+             (func (export "runnel_abi_version") (result i32) (i32.const 1))
+             (func (export "runnel_alloc") (param i32) (result i32) (i32.const 8192))
+             (func (export "runnel_process") (param i32 i32) (result i64)
+               (if (i32.ne (global.get $ready) (i32.const 1)) (then (return (i64.const -1))))
+               (i32.store (i32.const 4096) (i32.const 0))
+               (i64.const 0x0000100000000004))
+             {body})"#
+    ))
+    .expect("wat")
+}
+
+#[test]
+fn wasi_reactor_initialize_runs_before_runnel_init() {
+    let host = host();
+    let wasm = module_with(
+        r#"(func (export "_initialize") (global.set $ready (i32.const 1)))
+           (func (export "runnel_init") (result i32)
+             (if (result i32) (i32.eq (global.get $ready) (i32.const 1))
+               (then (global.set $ready (i32.const 1)) (i32.const 0))
+               (else (i32.const 9))))"#,
+    );
+    let mut instance = instance(&host.load(&wasm).expect("load"));
+    assert!(instance.process(&[]).is_ok());
+}
+
+#[test]
+fn failing_runnel_init_refuses_the_instance() {
+    let host = host();
+    let wasm = module_with(
+        r#"(func (export "runnel_init") (result i32)
+             (call $set_error (i32.const 16) (i32.const 12))
+             (i32.const 7))"#,
+    );
+    let module = host.load(&wasm).expect("load");
+    let error = module.instantiate(InstanceConfig::new(0, 1, MemoryStateStore::new())).expect_err("init fails");
+    match &error {
+        InstantiateError::InitFailed { code: 7, message: Some(message) } => {
+            assert_eq!(message, "init said no")
+        }
+        other => panic!("expected InitFailed, got {other:?}"),
+    }
+    let trapping = module_with(r#"(func (export "runnel_init") (result i32) unreachable)"#);
+    let error = host
+        .load(&trapping)
+        .expect("load")
+        .instantiate(InstanceConfig::new(0, 1, MemoryStateStore::new()))
+        .expect_err("init traps");
+    assert!(
+        matches!(&error, InstantiateError::InitFault(inner) if matches!(**inner, ProcessError::Trap { .. })),
+        "{error}"
+    );
+}
+
+/// One instance per (transform, partition): a broker holds many at once. Each reserves
+/// address space for its memory (not RAM): check a thousand coexist and all work.
+#[test]
+fn a_thousand_instances_coexist() {
+    let host = host();
+    let module = load(&host, "uppercase.wat");
+    let started = Instant::now();
+    let mut instances: Vec<TransformInstance> = (0..1000).map(|_| instance(&module)).collect();
+    println!("1000 instances in {:?}", started.elapsed());
+    for instance in &mut instances {
+        let output = instance.process(&[record(0, None, Some(b"x"))]).expect("process");
+        assert_eq!(output.records[0].value.as_deref(), Some(&b"X"[..]));
+    }
+}
+
+/// A state store that fails every read, as a broken disk would.
+struct BrokenStore;
+
+impl runnel_runtime::StateStore for BrokenStore {
+    fn get(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, runnel_runtime::StateStoreError> {
+        Err(runnel_runtime::StateStoreError { message: "disk on fire".to_string() })
+    }
+}
+
+#[test]
+fn state_store_failures_are_host_failures() {
+    let host = host();
+    let module = load(&host, "counter.wat");
+    let mut instance = module.instantiate(InstanceConfig::new(0, 1, Arc::new(BrokenStore))).expect("instantiate");
+    let error = instance.process(&[record(0, Some(b"k"), Some(b"v"))]).expect_err("store fails");
+    assert!(matches!(&error, ProcessError::StateStore { message } if message == "disk on fire"), "{error}");
+    assert!(error.is_host_failure() && error.discards_instance());
+    // Deletes need no read: the instance came back and works.
+    let output = instance.process(&[record(1, Some(b"k"), None)]).expect("delete");
+    assert_eq!(output.state_changes.len(), 1);
+    assert_eq!(instance.instantiations(), 2);
 }

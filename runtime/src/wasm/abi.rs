@@ -81,54 +81,79 @@ fn optional_len(bytes: Option<&[u8]>) -> usize {
     bytes.map_or(0, <[u8]>::len)
 }
 
-/// Appends the ABI v1 input batch for `records` of `partition` to `out` (cleared first).
-/// Refuses a batch over `input_bytes_max` or one whose lengths do not fit the `i32`/`u32`
-/// fields, before writing anything.
+/// The encoded size of `records`, refused when over `input_bytes_max` (or `i32::MAX`, which
+/// bounds every length field and the guest's `len` parameter).
+pub fn checked_input_len(records: &[InputRecord<'_>], input_bytes_max: usize) -> Result<usize, ProcessError> {
+    let len = encoded_input_len(records);
+    let cap = input_bytes_max.min(i32::MAX as usize);
+    if len > cap {
+        return Err(ProcessError::InputTooLarge { bytes: len, max_bytes: cap });
+    }
+    Ok(len)
+}
+
+/// Encodes the ABI v1 input batch for `records` of `partition` into `out` (replacing its
+/// contents). Refuses a batch over `input_bytes_max` before writing anything.
 pub fn encode_input(
     partition: i32,
     records: &[InputRecord<'_>],
     input_bytes_max: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), ProcessError> {
-    let len = encoded_input_len(records);
-    // i32::MAX bounds every length field and the guest's `len` parameter.
-    let cap = input_bytes_max.min(i32::MAX as usize);
-    if len > cap {
-        return Err(ProcessError::InputTooLarge { bytes: len, max_bytes: cap });
-    }
+    let len = checked_input_len(records, input_bytes_max)?;
     out.clear();
-    out.reserve(len);
-    out.extend_from_slice(&(ABI_VERSION as u32).to_le_bytes());
-    out.extend_from_slice(&partition.to_le_bytes());
-    put_count(out, records.len());
-    for record in records {
-        out.extend_from_slice(&record.offset.to_le_bytes());
-        out.extend_from_slice(&record.timestamp_ms.to_le_bytes());
-        put_bytes(out, record.key);
-        put_bytes(out, record.value);
-        put_count(out, record.headers.len());
-        for header in record.headers {
-            put_bytes(out, Some(header.name));
-            put_bytes(out, header.value);
-        }
-    }
-    assert_eq!(out.len(), len, "encoded input length disagrees with its size");
+    out.resize(len, 0);
+    write_input(partition, records, out);
     Ok(())
 }
 
-/// Counts and lengths fit `u32`/`i32`: the whole batch is at most `i32::MAX` bytes.
-fn put_count(out: &mut Vec<u8>, count: usize) {
-    let count = u32::try_from(count).expect("count bounded by the batch size cap");
-    out.extend_from_slice(&count.to_le_bytes());
+/// Writes the input batch into `out`, which must be exactly [`checked_input_len`] bytes (the
+/// host writes straight into the buffer the guest allocated, without an intermediate copy).
+pub(crate) fn write_input(partition: i32, records: &[InputRecord<'_>], out: &mut [u8]) {
+    let mut writer = Writer { out, position: 0 };
+    writer.put(&(ABI_VERSION as u32).to_le_bytes());
+    writer.put(&partition.to_le_bytes());
+    writer.count(records.len());
+    for record in records {
+        writer.put(&record.offset.to_le_bytes());
+        writer.put(&record.timestamp_ms.to_le_bytes());
+        writer.bytes(record.key);
+        writer.bytes(record.value);
+        writer.count(record.headers.len());
+        for header in record.headers {
+            writer.bytes(Some(header.name));
+            writer.bytes(header.value);
+        }
+    }
+    assert_eq!(writer.position, writer.out.len(), "encoded input length disagrees with its size");
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
-    match bytes {
-        None => out.extend_from_slice(&NULL_LEN.to_le_bytes()),
-        Some(bytes) => {
-            let len = i32::try_from(bytes.len()).expect("length bounded by the batch size cap");
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(bytes);
+struct Writer<'a> {
+    out: &'a mut [u8],
+    position: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        // Panics (slice bounds) if the buffer is smaller than encoded_input_len said.
+        self.out[self.position..self.position + bytes.len()].copy_from_slice(bytes);
+        self.position += bytes.len();
+    }
+
+    /// Counts and lengths fit `u32`/`i32`: the whole batch is at most `i32::MAX` bytes.
+    fn count(&mut self, count: usize) {
+        let count = u32::try_from(count).expect("count bounded by the batch size cap");
+        self.put(&count.to_le_bytes());
+    }
+
+    fn bytes(&mut self, bytes: Option<&[u8]>) {
+        match bytes {
+            None => self.put(&NULL_LEN.to_le_bytes()),
+            Some(bytes) => {
+                let len = i32::try_from(bytes.len()).expect("length bounded by the batch size cap");
+                self.put(&len.to_le_bytes());
+                self.put(bytes);
+            }
         }
     }
 }
@@ -138,7 +163,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
 /// `outputs` outputs. Key, value and header bytes are slices of `buffer` (no copies).
 pub fn decode_output(buffer: &Bytes, outputs: u32, limits: &Limits) -> Result<Vec<OutputRecord>, ProcessError> {
     let mut reader = Reader { buffer, position: 0 };
-    let count = reader.u32("record count")?;
+    let count = reader.u32("truncated record count")?;
     if count as usize > limits.output_records_max {
         return Err(ProcessError::OutputTooLarge {
             cap: OutputCap::Records,
@@ -153,19 +178,19 @@ pub fn decode_output(buffer: &Bytes, outputs: u32, limits: &Limits) -> Result<Ve
     }
     let mut records = Vec::with_capacity(count as usize);
     for record in 0..count as usize {
-        let output_index = reader.u32("output index")?;
+        let output_index = reader.u32("truncated output index")?;
         if output_index >= outputs {
             return Err(ProcessError::BadOutputIndex { record, output_index, outputs });
         }
-        let timestamp_ms = match reader.i64("timestamp")? {
+        let timestamp_ms = match reader.i64("truncated timestamp")? {
             -1 => None,
             timestamp_ms if timestamp_ms < 0 => {
                 return Err(reader.malformed("negative timestamp other than -1"));
             }
             timestamp_ms => Some(timestamp_ms),
         };
-        let key = reader.bytes("key")?;
-        let value = reader.bytes("value")?;
+        let key = reader.bytes("truncated key")?;
+        let value = reader.bytes("truncated value")?;
         if let Some(value) = &value {
             if value.len() > limits.output_value_bytes_max {
                 return Err(ProcessError::OutputTooLarge {
@@ -214,56 +239,52 @@ impl Reader<'_> {
         Ok(array)
     }
 
-    fn u32(&mut self, what: &'static str) -> Result<u32, ProcessError> {
-        Ok(u32::from_le_bytes(self.array(truncated(what))?))
+    fn u32(&mut self, truncated: &'static str) -> Result<u32, ProcessError> {
+        Ok(u32::from_le_bytes(self.array(truncated)?))
     }
 
-    fn i64(&mut self, what: &'static str) -> Result<i64, ProcessError> {
-        Ok(i64::from_le_bytes(self.array(truncated(what))?))
+    fn i64(&mut self, truncated: &'static str) -> Result<i64, ProcessError> {
+        Ok(i64::from_le_bytes(self.array(truncated)?))
     }
 
-    fn bytes(&mut self, what: &'static str) -> Result<Option<Bytes>, ProcessError> {
-        let len = i32::from_le_bytes(self.array(truncated(what))?);
+    fn bytes(&mut self, truncated: &'static str) -> Result<Option<Bytes>, ProcessError> {
+        let len = i32::from_le_bytes(self.array(truncated)?);
         match len {
             NULL_LEN => Ok(None),
             len if len < 0 => Err(self.malformed("negative byte-string length other than -1")),
-            len => self.take(len as usize, truncated(what)).map(Some),
+            len => self.take(len as usize, truncated).map(Some),
         }
     }
 
     fn headers(&mut self) -> Result<Vec<OutputHeader>, ProcessError> {
-        let count = self.u32("header count")? as usize;
+        let count = self.u32("truncated header count")? as usize;
         // Smallest header: two byte-string lengths.
         if count > self.remaining() / 8 {
             return Err(self.malformed("header count larger than the buffer can hold"));
         }
         let mut headers = Vec::with_capacity(count);
         for _ in 0..count {
-            let name = self.bytes("header name")?.ok_or_else(|| self.malformed("null header name"))?;
-            let value = self.bytes("header value")?;
+            let name = self.bytes("truncated header name")?.ok_or_else(|| self.malformed("null header name"))?;
+            let value = self.bytes("truncated header value")?;
             headers.push(OutputHeader { name, value });
         }
         Ok(headers)
     }
 }
 
-fn truncated(what: &'static str) -> &'static str {
-    match what {
-        "record count" => "truncated record count",
-        "output index" => "truncated output index",
-        "timestamp" => "truncated timestamp",
-        "key" => "truncated key",
-        "value" => "truncated value",
-        "header count" => "truncated header count",
-        "header name" => "truncated header name",
-        "header value" => "truncated header value",
-        _ => "truncated",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+        match bytes {
+            None => out.extend_from_slice(&NULL_LEN.to_le_bytes()),
+            Some(bytes) => {
+                out.extend_from_slice(&(bytes.len() as i32).to_le_bytes());
+                out.extend_from_slice(bytes);
+            }
+        }
+    }
 
     fn out_record(buf: &mut Vec<u8>, index: u32, ts: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
         buf.extend_from_slice(&index.to_le_bytes());

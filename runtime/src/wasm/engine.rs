@@ -134,3 +134,25 @@ impl Drop for Ticker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn ticker_advances_the_epoch_and_stops_with_the_last_handle() {
+        let host =
+            WasmHost::new(HostConfig { epoch_tick: Duration::from_millis(1), ..HostConfig::default() }).expect("host");
+        let clone = host.clone();
+        let weak = host.inner.engine.weak();
+        drop(host);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(weak.upgrade().is_some(), "a clone keeps the engine and its ticker");
+        let started = Instant::now();
+        drop(clone);
+        // Dropping the last handle joins the ticker thread at once (no tick to wait for).
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(weak.upgrade().is_none(), "the ticker thread released its engine");
+    }
+}

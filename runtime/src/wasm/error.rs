@@ -50,7 +50,7 @@ pub enum InstantiateError {
     Instantiate { message: String },
     #[error("`runnel_init` returned {code}{}", message_suffix(.message))]
     InitFailed { code: i32, message: Option<String> },
-    #[error("`runnel_init` failed: {0}")]
+    #[error("initialization (`_initialize` or `runnel_init`) failed: {0}")]
     InitFault(#[source] Box<ProcessError>),
 }
 
@@ -138,6 +138,15 @@ impl ProcessError {
             | ProcessError::BadOutputIndex { .. }
             | ProcessError::MalformedOutput { .. } => false,
         }
+    }
+}
+
+impl ProcessError {
+    /// True when the batch failed for a reason outside the guest (the state store, wasmtime
+    /// itself): retry the same batch rather than apply the transform's `--on-error` policy
+    /// (skip, dead-letter, stop), which is for failures the guest's code or data caused.
+    pub fn is_host_failure(&self) -> bool {
+        matches!(self, ProcessError::StateStore { .. } | ProcessError::Internal { .. })
     }
 }
 

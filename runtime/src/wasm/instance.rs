@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use wasmtime::{Engine, Instance, InstancePre, Memory, Store, Trap, TypedFunc};
 
-use crate::wasm::abi::{decode_output, encode_input, InputRecord, OutputRecord};
+use crate::wasm::abi::{checked_input_len, decode_output, write_input, InputRecord, OutputRecord};
+use crate::wasm::clock::{GuestClock, SystemGuestClock};
 use crate::wasm::error::{HostFault, InstantiateError, OutputCap, ProcessError};
 use crate::wasm::limits::{deadline_ticks, Limits};
 use crate::wasm::log::{LogLine, LogRing};
@@ -16,8 +17,9 @@ use crate::wasm::module::{error_chain, TransformModule};
 use crate::wasm::state::{StateChange, StateStore};
 use crate::wasm::store::{os_seed, HostState};
 
-/// Lines of guest log an instance keeps for `transform logs`: ten batches at the per-batch cap.
-pub const LOG_RING_LINES_DEFAULT: usize = 1_000;
+/// Lines of guest log an instance keeps for `transform logs`: a few batches at the per-batch cap,
+/// at most 256 x 4 KiB = 1 MiB per instance with the default line cap.
+pub const LOG_RING_LINES_DEFAULT: usize = 256;
 
 /// What one instance is given by the embedder.
 #[derive(Clone)]
@@ -35,6 +37,8 @@ pub struct InstanceConfig {
     pub log_ring_lines: usize,
     /// Seed of WASI `random_get`; `None` draws one from the OS. Set it to replay a run.
     pub random_seed: Option<u64>,
+    /// The clocks the guest reads through WASI; a simulation supplies its own.
+    pub clock: Arc<dyn GuestClock>,
 }
 
 impl InstanceConfig {
@@ -48,6 +52,7 @@ impl InstanceConfig {
             limits: Limits::default(),
             log_ring_lines: LOG_RING_LINES_DEFAULT,
             random_seed: None,
+            clock: Arc::new(SystemGuestClock::new()),
         }
     }
 }
@@ -76,13 +81,12 @@ pub struct TransformInstance {
     env: Arc<BTreeMap<String, String>>,
     state: Arc<dyn StateStore>,
     random_seed: Option<u64>,
+    clock: Arc<dyn GuestClock>,
     ring: LogRing,
     /// `None` after a failure that left linear memory undefined; re-created on next use.
     live: Option<Live>,
     batch: u64,
     instantiations: u64,
-    /// Reused encoding buffer for input batches.
-    input: Vec<u8>,
 }
 
 struct Live {
@@ -108,11 +112,11 @@ impl TransformInstance {
             env: Arc::new(config.env),
             state: config.state,
             random_seed: config.random_seed,
+            clock: config.clock,
             ring: LogRing::new(config.log_ring_lines),
             live: None,
             batch: 0,
             instantiations: 0,
-            input: Vec::new(),
         };
         instance.live = Some(instance.instantiate_live()?);
         Ok(instance)
@@ -124,7 +128,7 @@ impl TransformInstance {
     pub fn process(&mut self, records: &[InputRecord<'_>]) -> Result<ProcessOutput, ProcessError> {
         self.batch += 1;
         let batch = self.batch;
-        encode_input(self.partition, records, self.limits.input_bytes_max, &mut self.input)?;
+        let input_bytes = checked_input_len(records, self.limits.input_bytes_max)?;
         if self.live.is_none() {
             self.live = Some(self.instantiate_live().map_err(ProcessError::Instantiate)?);
         }
@@ -133,14 +137,15 @@ impl TransformInstance {
         };
         let ticks = deadline_ticks(self.limits.process_deadline, self.module.inner.host.inner.config.epoch_tick);
         live.store.data_mut().begin_call(batch);
-        let result = run_batch(live, &self.input, ticks, self.outputs, &self.limits);
+        let input = Input { partition: self.partition, records, bytes: input_bytes };
+        let result = run_batch(live, &input, ticks, self.outputs, &self.limits);
         let host = live.store.data_mut();
         let logs = finish_logs(host, &self.limits, batch);
         self.ring.extend(&logs);
         let state_changes = host.overlay.take();
         match result {
             Ok((records, output_bytes)) => {
-                Ok(ProcessOutput { records, state_changes, logs, input_bytes: self.input.len(), output_bytes })
+                Ok(ProcessOutput { records, state_changes, logs, input_bytes, output_bytes })
             }
             Err(error) => {
                 if error.discards_instance() {
@@ -186,6 +191,7 @@ impl TransformInstance {
             Arc::clone(&self.env),
             Arc::clone(&self.state),
             seed.wrapping_add(self.instantiations),
+            Arc::clone(&self.clock),
         );
         self.instantiations += 1;
         let mut store = new_store(&host.engine, state);
@@ -194,6 +200,9 @@ impl TransformInstance {
         let internal = |error: wasmtime::Error| InstantiateError::Instantiate { message: error_chain(&error) };
         let alloc = instance.get_typed_func::<i32, i32>(&mut store, "runnel_alloc").map_err(internal)?;
         let process = instance.get_typed_func::<(i32, i32), i64>(&mut store, "runnel_process").map_err(internal)?;
+        if self.module.inner.has_wasi_initialize {
+            self.call_wasi_initialize(&mut store, &instance, ticks)?;
+        }
         if self.module.inner.has_init {
             let init = instance.get_typed_func::<(), i32>(&mut store, "runnel_init").map_err(internal)?;
             store.data_mut().begin_call(0);
@@ -218,6 +227,29 @@ impl TransformInstance {
     }
 }
 
+impl TransformInstance {
+    /// Runs a WASI reactor's `_initialize` (its libc constructors) before anything else.
+    fn call_wasi_initialize(
+        &mut self,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+        ticks: u64,
+    ) -> Result<(), InstantiateError> {
+        let initialize = instance
+            .get_typed_func::<(), ()>(&mut *store, "_initialize")
+            .map_err(|error| InstantiateError::Instantiate { message: error_chain(&error) })?;
+        store.data_mut().begin_call(0);
+        store.set_epoch_deadline(ticks);
+        let result = initialize.call(&mut *store, ());
+        let logs = finish_logs(store.data_mut(), &self.limits, 0);
+        self.ring.extend(&logs);
+        result.map_err(|error| {
+            let error = classify(error, store.data(), self.limits.init_deadline);
+            InstantiateError::InitFault(Box::new(error))
+        })
+    }
+}
+
 impl std::fmt::Debug for TransformInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransformInstance")
@@ -229,10 +261,17 @@ impl std::fmt::Debug for TransformInstance {
     }
 }
 
+/// A batch on its way in, its encoded size already checked.
+struct Input<'r, 'a> {
+    partition: i32,
+    records: &'r [InputRecord<'a>],
+    bytes: usize,
+}
+
 /// The batch round trip on a live instance. Returns the records and the output size.
 fn run_batch(
     live: &mut Live,
-    input: &[u8],
+    input: &Input<'_, '_>,
     ticks: u64,
     outputs: u32,
     limits: &Limits,
@@ -241,8 +280,8 @@ fn run_batch(
     let store = &mut live.store;
     // One deadline covers the allocation and the processing of the batch.
     store.set_epoch_deadline(ticks);
-    // encode_input caps the batch at i32::MAX bytes.
-    let len = u32::try_from(input.len()).expect("input batch fits u32");
+    // checked_input_len caps the batch at i32::MAX bytes.
+    let len = u32::try_from(input.bytes).expect("input batch fits u32");
     let ptr = live.alloc.call(&mut *store, len as i32).map_err(|error| classify(error, store.data(), budget))? as u32;
     if ptr == 0 {
         return Err(ProcessError::AllocFailed { len });
@@ -252,7 +291,8 @@ fn run_batch(
     if end > memory_bytes {
         return Err(ProcessError::AllocOutOfBounds { ptr, len, memory_bytes });
     }
-    live.memory.data_mut(&mut *store)[ptr as usize..end].copy_from_slice(input);
+    // Encoded straight into the guest's buffer: no intermediate copy.
+    write_input(input.partition, input.records, &mut live.memory.data_mut(&mut *store)[ptr as usize..end]);
     let returned = live
         .process
         .call(&mut *store, (ptr as i32, len as i32))
@@ -332,7 +372,8 @@ pub(crate) fn classify(error: wasmtime::Error, host: &HostState, budget: Duratio
             ProcessError::Deadline { budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX) }
         }
         Some(trap) => ProcessError::Trap { message: format!("{trap}{guest_message}") },
-        None => ProcessError::Trap { message: format!("{}{guest_message}", error_chain(&error)) },
+        // Not a trap: wasmtime itself failed (host out of memory, ...).
+        None => ProcessError::Internal { message: format!("{}{guest_message}", error_chain(&error)) },
     }
 }
 

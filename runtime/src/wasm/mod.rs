@@ -2,11 +2,12 @@
 //!
 //! Layout: `engine` (the process's `WasmHost`), `module` (deploy-time load and checks),
 //! `instance` (per-partition instances and the batch round trip), `abi` (batch layouts),
-//! `host` and `wasi` (imports), `store` (per-instance host data), `state`, `log`, `limits`,
+//! `host` and `wasi` (imports), `clock` (what the guest sees), `store` (per-instance host data), `state`, `log`, `limits`,
 //! `cache` (precompiled modules), `error`.
 
 pub(crate) mod abi;
 pub(crate) mod cache;
+pub(crate) mod clock;
 pub(crate) mod engine;
 pub(crate) mod error;
 pub(crate) mod host;

@@ -8,6 +8,7 @@ use wasmtime::{ExternType, InstancePre, Linker, Module};
 
 use crate::wasm::abi::ABI_VERSION;
 use crate::wasm::cache::{hex, sha256};
+use crate::wasm::clock::SystemGuestClock;
 use crate::wasm::engine::WasmHost;
 use crate::wasm::error::{InstantiateError, LoadError};
 use crate::wasm::host::{describe_func, sig, HostSignature, Wasm, RUNNEL_IMPORTS, RUNNEL_MODULE};
@@ -39,6 +40,8 @@ pub(crate) struct ModuleInner {
     pub(crate) digest: [u8; 32],
     pub(crate) source: ModuleSource,
     pub(crate) has_init: bool,
+    /// A WASI reactor's `_initialize` (libc constructors), called before `runnel_init`.
+    pub(crate) has_wasi_initialize: bool,
 }
 
 impl TransformModule {
@@ -75,6 +78,9 @@ const REQUIRED_EXPORTS: &[HostSignature] = &[
     sig("runnel_process", &[Wasm::I32, Wasm::I32], &[Wasm::I64]),
 ];
 const INIT_EXPORT: HostSignature = sig("runnel_init", &[], &[Wasm::I32]);
+/// WASI reactor modules (e.g. C built with `-mexec-model=reactor`) export `_initialize`, which
+/// must run once before any other export.
+const WASI_INITIALIZE_EXPORT: HostSignature = sig("_initialize", &[], &[]);
 
 pub(crate) fn load(host: &WasmHost, wasm: &[u8]) -> Result<TransformModule, LoadError> {
     let inner = &host.inner;
@@ -93,6 +99,7 @@ pub(crate) fn load(host: &WasmHost, wasm: &[u8]) -> Result<TransformModule, Load
         }
     };
     let has_init = check_exports(&module)?;
+    let has_wasi_initialize = check_func_export(&module, &WASI_INITIALIZE_EXPORT, false)?;
     let linker = link(&inner.linker, &module)?;
     let pre = linker.instantiate_pre(&module).map_err(|error| LoadError::Link { message: error_chain(&error) })?;
     check_abi_version(host, &pre)?;
@@ -103,7 +110,9 @@ pub(crate) fn load(host: &WasmHost, wasm: &[u8]) -> Result<TransformModule, Load
             }
         }
     }
-    Ok(TransformModule { inner: Arc::new(ModuleInner { host: host.clone(), pre, digest, source, has_init }) })
+    Ok(TransformModule {
+        inner: Arc::new(ModuleInner { host: host.clone(), pre, digest, source, has_init, has_wasi_initialize }),
+    })
 }
 
 /// Checks `memory` and the `runnel_*` exports; returns whether `runnel_init` is exported.
@@ -130,6 +139,7 @@ fn check_func_export(module: &Module, export: &HostSignature, required: bool) ->
         "runnel_abi_version" => "func () -> (i32)",
         "runnel_alloc" => "func (i32) -> (i32)",
         "runnel_process" => "func (i32, i32) -> (i64)",
+        "_initialize" => "func () -> ()",
         _ => "func () -> (i32)",
     };
     debug_assert_eq!(expected, export.describe());
@@ -184,7 +194,13 @@ fn check_abi_version(host: &WasmHost, pre: &InstancePre<HostState>) -> Result<()
     let limits = Arc::new(inner.config.load_limits.clone());
     let budget = limits.init_deadline;
     let ticks = deadline_ticks(budget, inner.config.epoch_tick);
-    let state = HostState::new(Arc::clone(&limits), Arc::new(BTreeMap::new()), MemoryStateStore::new(), 0);
+    let state = HostState::new(
+        Arc::clone(&limits),
+        Arc::new(BTreeMap::new()),
+        MemoryStateStore::new(),
+        0,
+        Arc::new(SystemGuestClock::new()),
+    );
     let mut store = instance::new_store(&inner.engine, state);
     let handle = instance::instantiate(&mut store, pre, ticks).map_err(LoadError::Instantiate)?;
     let abi_version = handle

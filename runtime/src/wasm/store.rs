@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
 
 use wasmtime::{Caller, Memory};
 
+use crate::wasm::clock::GuestClock;
 use crate::wasm::error::HostFault;
 use crate::wasm::limits::{Limits, MemoryLimiter};
 use crate::wasm::log::BatchLog;
@@ -29,8 +29,8 @@ pub(crate) struct HostState {
     /// Sequence number of the batch in progress (0 during instantiation and `runnel_init`).
     pub(crate) batch: u64,
     pub(crate) random: SplitMix64,
-    /// Origin of the WASI monotonic clock.
-    pub(crate) clock_origin: Instant,
+    /// The clocks of WASI `clock_time_get`.
+    pub(crate) clock: Arc<dyn GuestClock>,
 }
 
 impl HostState {
@@ -39,6 +39,7 @@ impl HostState {
         env: Arc<BTreeMap<String, String>>,
         state: Arc<dyn StateStore>,
         random_seed: u64,
+        clock: Arc<dyn GuestClock>,
     ) -> Self {
         Self {
             limiter: MemoryLimiter::new(&limits),
@@ -51,7 +52,7 @@ impl HostState {
             error_message: None,
             batch: 0,
             random: SplitMix64(random_seed),
-            clock_origin: Instant::now(),
+            clock,
         }
     }
 

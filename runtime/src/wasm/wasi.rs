@@ -7,8 +7,6 @@
 //! and randomness work, `proc_exit` ends the batch, and every other preview 1 function a
 //! module imports is linked to a stub that returns `ENOSYS`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use wasmtime::{Caller, FuncType, Linker, Val, ValType};
 
 use crate::wasm::error::HostFault;
@@ -257,13 +255,8 @@ fn clock_time_get(
     const REALTIME: i32 = 0;
     const MONOTONIC: i32 = 1;
     let nanos: u64 = match clock_id {
-        REALTIME => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)),
-        MONOTONIC => {
-            let elapsed = caller.data().clock_origin.elapsed();
-            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
-        }
+        REALTIME => caller.data().clock.realtime_ns(),
+        MONOTONIC => caller.data().clock.monotonic_ns(),
         _ => return Ok(EINVAL),
     };
     let memory = guest_memory(&caller, "clock_time_get")?;
