@@ -49,5 +49,7 @@ pub(crate) fn check(status: hyper::StatusCode, body: &Bytes) -> anyhow::Result<(
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    // One line, whatever the server wrote.
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
     anyhow::bail!("{message} (HTTP {})", status.as_u16())
 }

@@ -86,8 +86,11 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// Messages are shown on one line (CLI errors, logs, headers): whitespace runs, newlines
+    /// included, become one space.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Failure {
-        Failure { kind: kind.into(), message: message.into() }
+        let message = message.into().split_whitespace().collect::<Vec<_>>().join(" ");
+        Failure { kind: kind.into(), message }
     }
 }
 
