@@ -77,6 +77,13 @@ fn uppercase_map_keeps_keys_headers_nulls_and_timestamps() {
     assert_eq!(output.records[2].key.as_deref(), Some(&b""[..]));
     assert_eq!(output.records[2].value.as_deref(), Some(&b""[..]));
     assert!(output.state_changes.is_empty());
+    // Every byte value, at every alignment of the guest's eight-byte loop.
+    let all_bytes: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+    for start in 0..9 {
+        let value = &all_bytes[start..];
+        let output = instance.process(&[record(13, None, Some(value))]).expect("all bytes");
+        assert_eq!(output.records[0].value.as_deref(), Some(&value.to_ascii_uppercase()[..]), "from {start}");
+    }
     // An empty batch is a batch too.
     assert!(instance.process(&[]).expect("empty").records.is_empty());
 }
