@@ -241,3 +241,93 @@ def _produce_quietly(broker, topic, items):
         produce_events(broker, topic, items)
     except Exception:  # the kill interrupts the producer; what landed is what counts
         pass
+
+
+WAT_FIXTURES = REPO / "runtime" / "tests" / "fixtures"
+
+
+def wat_module(tmp_path, name: str) -> pathlib.Path:
+    """A hostile fixture as a deployable .wasm (wat2wasm is a runtime example built by cargo test)."""
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    tool = target / "release" / "examples" / "wat2wasm"
+    if not tool.exists():
+        tool = pathlib.Path(os.environ["RUNNEL_BIN"]).parent / "examples" / "wat2wasm"
+    assert tool.exists(), f"{tool} missing: cargo build --release -p runnel-runtime --examples"
+    out = tmp_path / f"{name}.wasm"
+    subprocess.run([str(tool), str(WAT_FIXTURES / f"{name}.wat"), str(out)], check=True, timeout=30)
+    return out
+
+
+def test_hostile_modules_are_contained(runnel_bin, broker, tmp_path):
+    """Modules that spin, allocate without bound or trap are stopped and handled by their error
+    policy; a well-behaved transform, producers and consumers keep being served meanwhile."""
+    good_in, good_out = unique_topic("good-in"), unique_topic("good-out")
+    for t in (good_in, good_out):
+        create_topic(broker.bootstrap, t, partitions=2)
+    runnel(
+        runnel_bin, broker, "transform", "deploy", str(wat_module(tmp_path, "uppercase")), "--name", "good",
+        "--input", good_in, "--output", good_out, "--from", "earliest",
+    )
+    hostile = {"loop": "dead-letter", "memory_bomb": "skip", "trap": "dead-letter"}
+    for fixture, policy in hostile.items():
+        topic_in, topic_out = unique_topic(f"{fixture}-in"), unique_topic(f"{fixture}-out")
+        create_topic(broker.bootstrap, topic_in, partitions=1)
+        create_topic(broker.bootstrap, topic_out, partitions=1)
+        runnel(
+            runnel_bin, broker, "transform", "deploy", str(wat_module(tmp_path, fixture)), "--name", fixture,
+            "--input", topic_in, "--output", topic_out, "--on-error", policy, "--from", "earliest",
+        )
+        producer = Producer(producer_config(broker.bootstrap))
+        for i in range(5):
+            produce_or_wait(producer, topic_in, key=b"k", value=f"{fixture}-{i}".encode())
+        flush_all(producer)
+        hostile[fixture] = (topic_in, topic_out, policy)
+
+    # Meanwhile the good transform serves its 2,000 records.
+    producer = Producer(producer_config(broker.bootstrap, **{"linger.ms": 5}))
+    for i in range(2000):
+        produce_or_wait(producer, good_in, key=str(i % 17).encode(), value=f"value-{i}".encode())
+    flush_all(producer)
+    wait_until("the good transform's output", lambda: high_watermarks(broker, good_out, 2) >= 2000)
+    values = sorted(r.value.decode() for r in read_all(broker, good_out, 2))
+    assert values == sorted(f"VALUE-{i}" for i in range(2000))
+
+    for fixture, (topic_in, topic_out, policy) in hostile.items():
+        info = wait_until(f"{fixture} to fail its 5 records", lambda: (lambda i: i if i["failed"] == 5 else None)(describe(broker, fixture)))
+        assert info["processed"] == 0 and info["lag"] == 0, info
+        assert high_watermarks(broker, topic_out, 1) == 0, f"{fixture} produced output"
+        logs = runnel(runnel_bin, broker, "transform", "logs", fixture).stdout
+        assert "failed" in logs, logs
+        if policy == "dead-letter":
+            dead = read_all(broker, f"{fixture}.dlq", 1)
+            assert sorted(r.value.decode() for r in dead) == [f"{fixture}-{i}" for i in range(5)]
+            headers = dict(dead[0].headers)
+            assert headers["runnel.source.topic"].decode() == topic_in
+            kind = {"loop": b"deadline", "trap": b"trap"}[fixture]
+            assert kind in headers["runnel.error"], headers["runnel.error"]
+    assert "memory" in runnel(runnel_bin, broker, "transform", "logs", "memory_bomb").stdout
+
+    # The broker is healthy and still takes plain produce and fetch.
+    status, _ = __import__("runnel_harness").http_get(f"{broker.admin_url}/v1/health")
+    assert status == 200
+    plain = unique_topic("plain")
+    create_topic(broker.bootstrap, plain, partitions=1)
+    producer = Producer(producer_config(broker.bootstrap))
+    produce_or_wait(producer, plain, value=b"still here")
+    flush_all(producer)
+    assert [r.value for r in read_all(broker, plain, 1)] == [b"still here"]
+
+
+def test_modules_with_the_wrong_abi_or_imports_are_refused(runnel_bin, broker, tmp_path):
+    topic, out = unique_topic("in"), unique_topic("out")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    create_topic(broker.bootstrap, out, partitions=1)
+    expected = {"wrong_abi": "version", "unknown_import": "import", "missing_export": "export"}
+    for fixture, word in expected.items():
+        result = runnel(
+            runnel_bin, broker, "transform", "deploy", str(wat_module(tmp_path, fixture)), "--name", fixture,
+            "--input", topic, "--output", out, check=False,
+        )
+        assert result.returncode == 1, result
+        assert word in result.stderr.lower(), result.stderr
+    assert runnel(runnel_bin, broker, "transform", "list").stdout.strip().splitlines()[1:] == []

@@ -17,9 +17,9 @@ mod records;
 mod runner;
 pub mod service;
 pub mod spec;
-mod wasm_processor;
 #[cfg(test)]
 mod tests;
+mod wasm_processor;
 
 pub use pool::ComputePool;
 pub use processor::{

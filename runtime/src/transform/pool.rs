@@ -50,9 +50,11 @@ impl ComputePool {
         Arc::new(ComputePool { jobs, threads })
     }
 
-    /// The default size: every core but one, so the broker always keeps a core.
+    /// The default size: every core but one, and at least two, so one spinning module (at most
+    /// a deadline per job) cannot hold every transform up; the lower priority keeps the
+    /// broker's threads ahead of them.
     pub fn default_threads() -> usize {
-        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+        std::thread::available_parallelism().map_or(2, |n| n.get().saturating_sub(1).max(2))
     }
 
     pub fn threads(&self) -> usize {

@@ -24,6 +24,9 @@ use super::TransformError;
 /// Records per batch handed to an instance: large enough to amortise the WASM boundary,
 /// small enough that one batch's outputs and state changes fit a commit comfortably.
 pub(crate) const BATCH_RECORDS_MAX: usize = 10_000;
+/// Consecutive records that run into the CPU deadline while a failed batch is retried record by
+/// record, before the rest of the batch is failed without running it.
+const DEADLINES_BEFORE_GIVING_UP: u32 = 3;
 /// How long an idle instance waits for an append before looking again (and at its controls).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Log lines kept per transform for `runnel transform logs`.
@@ -316,13 +319,26 @@ impl Instance {
                 };
                 let mut processor = fresh()?;
                 let mut combined = Processed::default();
-                let mut failures = Vec::new();
+                let mut failures: Vec<(InRecord, Failure)> = Vec::new();
+                let mut deadlines_in_a_row = 0;
                 for record in records {
+                    // A module that spins on every record would cost a full deadline per
+                    // record: after a few in a row, the rest fails the same way, unrun.
+                    if deadlines_in_a_row >= DEADLINES_BEFORE_GIVING_UP {
+                        let failure =
+                            failures.last().map_or_else(|| Failure::new("deadline", "deadline"), |(_, f)| f.clone());
+                        failures.push((record, failure));
+                        if stop_at_failure {
+                            break;
+                        }
+                        continue;
+                    }
                     let result = processor
                         .process(std::slice::from_ref(&record))
                         .and_then(|p| check_outputs(p, outputs as usize));
                     match result {
                         Ok(processed) => {
+                            deadlines_in_a_row = 0;
                             // Later records see earlier ones' writes. Applying before the commit
                             // is safe: a failed commit fails the instance, which restarts from
                             // the changelog.
@@ -331,6 +347,7 @@ impl Instance {
                             combined.records.extend(processed.records);
                         }
                         Err(failure) => {
+                            deadlines_in_a_row = if failure.kind == "deadline" { deadlines_in_a_row + 1 } else { 0 };
                             failures.push((record, failure));
                             processor = fresh()?;
                             if stop_at_failure {

@@ -120,7 +120,11 @@ impl Processor for WasmProcessor {
                 timestamp_ms: r.timestamp_or(fallback_ms),
                 key: r.key,
                 value: r.value,
-                headers: r.headers.into_iter().map(|h| (String::from_utf8_lossy(&h.name).into_owned(), h.value)).collect(),
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|h| (String::from_utf8_lossy(&h.name).into_owned(), h.value))
+                    .collect(),
             })
             .collect();
         let state_changes = output.state_changes.into_iter().map(|c| (c.key, c.value)).collect();
