@@ -11,6 +11,7 @@
 mod ceiling;
 mod group;
 mod kafka;
+mod transform;
 
 use std::time::Duration;
 
@@ -30,6 +31,9 @@ pub enum BenchCommand {
     All(BenchArgs),
     /// Consumer-group throughput: the same topic read by groups of each size in `--members`
     Group(GroupArgs),
+    /// WASM transforms on an embedded broker: WASM vs native closure (host and pipeline),
+    /// the latency a transform adds, and produce latency while hostile modules spin
+    Transform(transform::TransformArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -151,6 +155,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::All(args) => run_all(args)?,
         BenchCommand::Group(args) => run_group(args)?,
+        BenchCommand::Transform(args) => transform::run(args)?,
     }
     Ok(())
 }

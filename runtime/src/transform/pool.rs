@@ -15,7 +15,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// Jobs queued beyond the running ones; instances wait (asynchronously) for a slot.
 const QUEUED_JOBS_MAX: usize = 64;
 /// `nice` of the pool's threads: below every broker thread (0), above idle work.
-const POOL_NICE: i32 = 10;
+const POOL_NICE: i32 = 19;
 
 #[derive(Debug)]
 pub struct ComputePool {
