@@ -95,9 +95,9 @@ pub(crate) async fn run(connect: &ConnectArgs, command: TransformCommand) -> any
                     text(&info["name"]),
                     text(&info["status"]),
                     text(&info["input"]),
-                    info["processed"],
-                    info["failed"],
-                    info["lag"]
+                    text(&info["processed"]),
+                    text(&info["failed"]),
+                    text(&info["lag"])
                 );
             }
         }
@@ -163,7 +163,11 @@ fn describe(info: &serde_json::Value) {
         };
         println!(
             "{:>9} {:>12} {:>8} {:>10} {:>8}  {state}",
-            instance["partition"], instance["position"], instance["lag"], instance["processed"], instance["failed"]
+            text(&instance["partition"]),
+            text(&instance["position"]),
+            text(&instance["lag"]),
+            text(&instance["processed"]),
+            text(&instance["failed"])
         );
     }
 }

@@ -314,7 +314,7 @@ impl TransformService {
                 state: shared.state(),
             });
         }
-        let status = summarize(&instances);
+        let status = summarize(deployed.spec.paused, &instances);
         TransformInfo {
             spec: deployed.spec.clone(),
             module_bytes: deployed.module.len(),
@@ -335,16 +335,17 @@ impl TransformService {
     }
 }
 
-/// One word for a transform: FAILED if any instance failed, else PAUSED, RUNNING, STARTING.
-fn summarize(instances: &[InstanceInfo]) -> String {
+/// One word for a transform: FAILED if any instance failed, else PAUSED (as asked: instances
+/// park at their next batch boundary), STARTING, STOPPED or RUNNING.
+fn summarize(paused: bool, instances: &[InstanceInfo]) -> String {
     let any = |f: fn(&InstanceState) -> bool| instances.iter().any(|i| f(&i.state));
     if any(|s| matches!(s, InstanceState::Failed(_))) {
         "FAILED"
-    } else if any(|s| matches!(s, InstanceState::Paused)) {
+    } else if paused {
         "PAUSED"
     } else if any(|s| matches!(s, InstanceState::Starting)) {
         "STARTING"
-    } else if instances.iter().all(|i| matches!(i.state, InstanceState::Stopped)) {
+    } else if !instances.is_empty() && instances.iter().all(|i| matches!(i.state, InstanceState::Stopped)) {
         "STOPPED"
     } else {
         "RUNNING"
