@@ -26,7 +26,10 @@ mod records;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub(crate) use coordinator::{CommitPartition, CommitReply, CommitRequest, GroupCoordinator, JoinReply, SyncReply};
+pub(crate) use coordinator::{
+    CommitPartition, CommitReply, CommitRequest, GroupCoordinator, JoinReply, SyncReply, TxnCommitRequest,
+    OFFSETS_TOPIC,
+};
 pub(crate) use group::{CommittedOffset, JoinOutcome, JoinRequest, Protocol, SyncOutcome, SyncRequest};
 
 use kafka_protocol::ResponseError;

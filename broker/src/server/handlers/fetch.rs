@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, TopicName};
 use kafka_protocol::ResponseError;
 
 use super::{storage_error_code, text, Reply};
+use crate::protocol::batch::{peek_batch_bytes, BatchHeader};
 use crate::protocol::fetch_frame::encode_fetch_response;
 use crate::protocol::frame::{decode_body, FrameError, RequestFrame};
 use crate::Broker;
@@ -57,6 +59,8 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
     let mut total = 0;
     let mut any_error = false;
     let image = broker.metadata();
+    // Kafka's isolation levels: 0 read_uncommitted, 1 read_committed (Fetch v4+).
+    let read_committed = version >= 4 && body.isolation_level == 1;
     for topic in &body.topics {
         let name = if version >= 13 {
             image.topics.values().find(|t| t.topic_id == topic.topic_id).map(|t| t.name.clone())
@@ -94,17 +98,31 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
             let slice = {
                 let mut log = partition.log();
                 data.high_watermark = log.high_watermark();
-                data.last_stable_offset = log.high_watermark();
+                data.last_stable_offset = log.last_stable_offset();
                 data.log_start_offset = log.log_start_offset();
                 // The first partition with data always gets at least one whole batch (KIP-74).
                 let max = if total == 0 { partition_max.max(1) } else { partition_max };
-                if max == 0 {
+                // read_committed sees nothing at or past the last stable offset.
+                let unstable = read_committed
+                    && requested.fetch_offset >= data.last_stable_offset
+                    && requested.fetch_offset <= log.log_end_offset();
+                if max == 0 || unstable {
                     Ok(None)
                 } else {
                     log.read(requested.fetch_offset, max)
                 }
             };
-            match slice.and_then(|s| s.map(|s| s.read()).transpose()) {
+            let slice = slice.and_then(|s| s.map(|s| s.read()).transpose());
+            let slice = match slice {
+                Ok(Some(records)) if read_committed => {
+                    let (stable, aborted) =
+                        committed_view(&partition, records, requested.fetch_offset, data.last_stable_offset);
+                    data.aborted_transactions = Some(aborted);
+                    Ok(Some(stable).filter(|r| !r.is_empty()))
+                }
+                other => other,
+            };
+            match slice {
                 Ok(Some(records)) => {
                     total += records.len();
                     remaining = remaining.saturating_sub(records.len());
@@ -117,7 +135,7 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
                     tracing::debug!(topic = %partition.topic, partition = partition.index, error = %e, "fetch failed");
                 }
             }
-            if version >= 4 {
+            if version >= 4 && data.aborted_transactions.is_none() {
                 data.aborted_transactions = Some(Vec::new());
             }
             topic_response.partitions.push(data);
@@ -125,6 +143,38 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
         response.responses.push(topic_response);
     }
     (response, total, any_error)
+}
+
+/// For read_committed: keeps the whole batches below the last stable offset and lists the
+/// aborted transactions overlapping them, which the consumer uses to drop aborted records.
+fn committed_view(
+    partition: &crate::broker::Partition,
+    records: Bytes,
+    fetch_offset: i64,
+    last_stable_offset: i64,
+) -> (Bytes, Vec<AbortedTransaction>) {
+    let mut kept = 0;
+    let mut upper = fetch_offset;
+    while let Some(len) = peek_batch_bytes(&records[kept..]) {
+        let Ok(header) = BatchHeader::parse(&records[kept..]) else { break };
+        if kept + len > records.len() || header.base_offset >= last_stable_offset {
+            break;
+        }
+        kept += len;
+        upper = header.next_offset();
+    }
+    let stable = records.slice(..kept);
+    let aborted = if kept == 0 { Vec::new() } else { partition.log().aborted_transactions(fetch_offset, upper) };
+    let aborted = aborted
+        .into_iter()
+        .map(|a| {
+            let mut entry = AbortedTransaction::default();
+            entry.producer_id = ProducerId(a.producer_id);
+            entry.first_offset = a.first_offset;
+            entry
+        })
+        .collect();
+    (stable, aborted)
 }
 
 #[cfg(test)]
