@@ -212,7 +212,7 @@ def test_broker_crash_with_a_transaction_in_flight(broker_factory):
         f"committed-{i}".encode() for i in range(20)
     )
     ends = [end_offsets_p(broker.bootstrap, topic, p) for p in range(2)]
-    assert ends == [10, 10], f"LSO per partition after restart: {ends}"
+    assert ends == [11, 11], f"LSO per partition after restart (10 records + commit marker): {ends}"
     # A new producer with the same id aborts it (and fences the old one).
     successor = txn_producer(broker.bootstrap, tid)
     successor.init_transactions(30)
@@ -233,3 +233,75 @@ def end_offsets_p(bootstrap: str, topic: str, partition: int) -> int:
         return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)[1]
     finally:
         consumer.close()
+
+
+def committed_count(bootstrap: str, topic: str) -> int:
+    return len(read_all(bootstrap, topic, 1, "read_committed"))
+
+
+def start_loop(broker, input_topic, output_topic, group, tid, log_path):
+    log = open(log_path, "ab")
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "txn_loop.py"), broker.bootstrap, input_topic, output_topic, group, tid],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_consume_transform_produce_is_exactly_once_across_a_client_crash(broker_factory, tmp_path):
+    broker = broker_factory(sets={"group.initial.rebalance.delay.ms": "0"})
+    input_topic, output_topic = unique_topic("in"), unique_topic("out")
+    create_topic(broker.bootstrap, input_topic, partitions=3)
+    create_topic(broker.bootstrap, output_topic, partitions=1)
+    inputs = [f"value-{i}".encode() for i in range(600)]
+    plain = Producer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4", "linger.ms": 5})
+    for i, value in enumerate(inputs):
+        plain.produce(input_topic, value=value, partition=i % 3)
+    assert plain.flush(30) == 0
+    group, tid = unique_topic("loop"), unique_topic("loop-tid")
+    loop = start_loop(broker, input_topic, output_topic, group, tid, tmp_path / "loop.log")
+    try:
+        deadline = time.monotonic() + 60
+        while committed_count(broker.bootstrap, output_topic) < 200:
+            assert loop.poll() is None, (tmp_path / "loop.log").read_text()
+            assert time.monotonic() < deadline, "the loop made no progress"
+            time.sleep(0.3)
+        loop.send_signal(signal.SIGKILL)  # mid-way, most likely inside a transaction
+        loop.wait(10)
+        loop = start_loop(broker, input_topic, output_topic, group, tid, tmp_path / "loop.log")
+        deadline = time.monotonic() + 90
+        while committed_count(broker.bootstrap, output_topic) < len(inputs):
+            assert loop.poll() is None, (tmp_path / "loop.log").read_text()
+            assert time.monotonic() < deadline, "the restarted loop did not finish the input"
+            time.sleep(0.5)
+        time.sleep(2)  # anything extra (a duplicate) would show up now
+    finally:
+        loop.send_signal(signal.SIGKILL)
+        loop.wait(10)
+    committed = read_all(broker.bootstrap, output_topic, 1, "read_committed")
+    assert sorted(committed) == sorted(inputs), (
+        f"{len(committed)} committed outputs for {len(inputs)} inputs; "
+        f"duplicates: {len(committed) - len(set(committed))}"
+    )
+    uncommitted = read_all(broker.bootstrap, output_topic, 1, "read_uncommitted")
+    assert len(uncommitted) > len(inputs), "aborted transactions left records only read_committed hides"
+
+
+def test_kafka_python_transactional_producer(broker):
+    from kafka import KafkaProducer
+
+    topic = unique_topic("kp")
+    create_topic(broker.bootstrap, topic)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id=unique_topic("kp-tid"))
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.send(topic, b"kept-1")
+    producer.send(topic, b"kept-2")
+    producer.commit_transaction()
+    producer.begin_transaction()
+    producer.send(topic, b"dropped")
+    producer.flush()
+    producer.abort_transaction()
+    producer.close()
+    assert read_all(broker.bootstrap, topic, 1, "read_committed") == [b"kept-1", b"kept-2"]
+    assert read_all(broker.bootstrap, topic, 1, "read_uncommitted") == [b"kept-1", b"kept-2", b"dropped"]

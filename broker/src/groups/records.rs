@@ -202,7 +202,10 @@ pub(crate) fn encode_batch(
             producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: index as i64,
-            sequence: -1,
+            // The encoder starts a new batch wherever `offset - sequence` changes; a
+            // transactional write must be one batch, so sequences follow the offsets from the
+            // batch's base sequence of -1 (no sequence checking, as for every coordinator write).
+            sequence: if producer.is_some() { index as i32 - 1 } else { -1 },
             timestamp: timestamp_ms,
             key: Some(key.clone()),
             value: value.clone(),
