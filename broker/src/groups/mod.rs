@@ -34,6 +34,12 @@ pub(crate) use group::{CommittedOffset, JoinOutcome, JoinRequest, Protocol, Sync
 
 use kafka_protocol::ResponseError;
 
+/// Encodes records as `__consumer_offsets` writes them (for tests of other coordinators).
+#[cfg(test)]
+pub(crate) fn encode_records_for_test(records: &[(bytes::Bytes, Option<bytes::Bytes>)], now_ms: i64) -> bytes::Bytes {
+    records::encode_batch(records, now_ms, None).expect("encodes")
+}
+
 /// Kafka's `offset.metadata.max.bytes`: longer commit metadata is refused per partition.
 pub(crate) const OFFSET_METADATA_MAX_BYTES: usize = 4096;
 /// A bound on how long a join round or a sync phase may last, whatever rebalance timeout a

@@ -23,6 +23,9 @@ mod coordinator;
 mod records;
 mod state;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::TxnConfig;
 pub(crate) use coordinator::{Durable, TxnCoordinator};
 

@@ -317,3 +317,104 @@ pub(super) fn describe_transactions(broker: &Arc<Broker>, request: &RequestFrame
     }
     respond(request, &response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+
+    fn init(id: &str, timeout_ms: i32) -> InitProducerIdRequest {
+        let mut request = InitProducerIdRequest::default();
+        request.transactional_id = Some(TransactionalId(text(id)));
+        request.transaction_timeout_ms = timeout_ms;
+        request.producer_id = ProducerId(-1);
+        request.producer_epoch = -1;
+        request
+    }
+
+    fn add(id: &str, producer_id: i64, epoch: i16, topics: &[(&str, i32)]) -> AddPartitionsToTxnRequest {
+        let mut request = AddPartitionsToTxnRequest::default();
+        request.v3_and_below_transactional_id = TransactionalId(text(id));
+        request.v3_and_below_producer_id = ProducerId(producer_id);
+        request.v3_and_below_producer_epoch = epoch;
+        for (name, partition) in topics {
+            let mut topic = AddPartitionsToTxnTopic::default();
+            topic.name = TopicName(text(*name));
+            topic.partitions = vec![*partition];
+            request.v3_and_below_topics.push(topic);
+        }
+        request
+    }
+
+    fn produce(batch: bytes::Bytes) -> ProduceRequest {
+        let mut data = PartitionProduceData::default();
+        data.index = 0;
+        data.records = Some(batch);
+        let mut topic = TopicProduceData::default();
+        topic.name = TopicName(text("t"));
+        topic.partition_data = vec![data];
+        let mut request = ProduceRequest::default();
+        request.acks = 1;
+        request.timeout_ms = 5_000;
+        request.transactional_id = Some(TransactionalId(text("tx")));
+        request.topic_data = vec![topic];
+        request
+    }
+
+    #[tokio::test]
+    async fn errors_follow_the_request_version() {
+        let (_dir, broker) = broker();
+        broker.auto_create_topic("t").expect("topic");
+        let refused: InitProducerIdResponse = call(&broker, ApiKey::InitProducerId, 4, &init("tx", 900_001)).await;
+        assert_eq!(refused.error_code, ResponseError::InvalidTransactionTimeout.code());
+        let first: InitProducerIdResponse = call(&broker, ApiKey::InitProducerId, 4, &init("tx", 10_000)).await;
+        assert_eq!((first.error_code, first.producer_epoch), (0, 0));
+        let second: InitProducerIdResponse = call(&broker, ApiKey::InitProducerId, 1, &init("tx", 10_000)).await;
+        assert_eq!((second.error_code, second.producer_id, second.producer_epoch), (0, first.producer_id, 1));
+        let pid = first.producer_id.0;
+        for (version, expected) in [(1i16, ResponseError::InvalidProducerEpoch), (3, ResponseError::ProducerFenced)] {
+            let mut end = EndTxnRequest::default();
+            end.transactional_id = TransactionalId(text("tx"));
+            end.producer_id = ProducerId(pid);
+            end.producer_epoch = 0;
+            end.committed = true;
+            let response: EndTxnResponse = call(&broker, ApiKey::EndTxn, version, &end).await;
+            assert_eq!(response.error_code, expected.code(), "EndTxn v{version} from the fenced epoch");
+        }
+        let unknown: AddPartitionsToTxnResponse =
+            call(&broker, ApiKey::AddPartitionsToTxn, 3, &add("tx", pid, 1, &[("t", 0), ("missing", 0)])).await;
+        let codes: Vec<i16> = unknown
+            .results_by_topic_v3_and_below
+            .iter()
+            .flat_map(|t| t.results_by_partition.iter().map(|p| p.partition_error_code))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![ResponseError::OperationNotAttempted.code(), ResponseError::UnknownTopicOrPartition.code()]
+        );
+        // Transactional data for a partition never added is refused; so is a forged marker.
+        let batch = crate::protocol::batch::build_batch(1 << 4, 0, 1, 1, pid, 1, 0, 1, b"x").freeze();
+        let response: ProduceResponse = call(&broker, ApiKey::Produce, 9, &produce(batch.clone())).await;
+        assert_eq!(response.responses[0].partition_responses[0].error_code, ResponseError::InvalidTxnState.code());
+        let forged = crate::storage::encode_marker(pid, 1, true, 0, 1);
+        let response: ProduceResponse = call(&broker, ApiKey::Produce, 9, &produce(forged)).await;
+        assert_eq!(response.responses[0].partition_responses[0].error_code, ResponseError::InvalidRecord.code());
+        let added: AddPartitionsToTxnResponse =
+            call(&broker, ApiKey::AddPartitionsToTxn, 3, &add("tx", pid, 1, &[("t", 0)])).await;
+        assert_eq!(added.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, 0);
+        let response: ProduceResponse = call(&broker, ApiKey::Produce, 9, &produce(batch)).await;
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+        let listed: ListTransactionsResponse =
+            call(&broker, ApiKey::ListTransactions, 0, &ListTransactionsRequest::default()).await;
+        assert_eq!(listed.transaction_states.len(), 1);
+        assert_eq!(listed.transaction_states[0].transaction_state.as_str(), "Ongoing");
+        let mut describe = DescribeTransactionsRequest::default();
+        describe.transactional_ids = vec![TransactionalId(text("tx")), TransactionalId(text("nope"))];
+        let described: DescribeTransactionsResponse = call(&broker, ApiKey::DescribeTransactions, 0, &describe).await;
+        assert_eq!(described.transaction_states[0].topics.len(), 1);
+        assert_eq!(described.transaction_states[1].error_code, ResponseError::TransactionalIdNotFound.code());
+    }
+}
