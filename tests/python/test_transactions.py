@@ -305,3 +305,20 @@ def test_kafka_python_transactional_producer(broker):
     producer.close()
     assert read_all(broker.bootstrap, topic, 1, "read_committed") == [b"kept-1", b"kept-2"]
     assert read_all(broker.bootstrap, topic, 1, "read_uncommitted") == [b"kept-1", b"kept-2", b"dropped"]
+
+
+def test_transaction_open_across_a_broker_crash_can_still_commit(broker_factory):
+    broker = broker_factory()
+    topic = unique_topic("crash-commit")
+    create_topic(broker.bootstrap, topic)
+    producer = txn_producer(broker.bootstrap, unique_topic("tid"))
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(10):
+        producer.produce(topic, value=f"survivor-{i}".encode())
+    producer.flush(10)
+    broker.kill()
+    broker.start()
+    assert read_all(broker.bootstrap, topic, 1, "read_committed") == [], "still open after the crash"
+    producer.commit_transaction(60)
+    assert read_all(broker.bootstrap, topic, 1, "read_committed") == [f"survivor-{i}".encode() for i in range(10)]
