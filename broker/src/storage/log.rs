@@ -546,6 +546,11 @@ impl PartitionLog {
         self.producers.first_unstable_offset().map_or(high_watermark, |first| first.min(high_watermark))
     }
 
+    /// Whether any aborted transaction is indexed (read_committed fetches skip work if not).
+    pub fn has_aborted_transactions(&self) -> bool {
+        !self.aborted.is_empty()
+    }
+
     /// Aborted transactions overlapping `[from_offset, upper_offset)` (read_committed fetch).
     pub fn aborted_transactions(&self, from_offset: i64, upper_offset: i64) -> Vec<AbortedTxn> {
         self.aborted.overlapping(from_offset, upper_offset)

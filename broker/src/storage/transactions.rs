@@ -170,6 +170,10 @@ impl AbortedIndex {
             .collect()
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_segment.is_empty()
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.by_segment.values().map(Vec::len).sum()

@@ -163,7 +163,7 @@ impl TxnCoordinator {
             }
             let producer_id = allocate(broker)?;
             let txn = TxnMetadata::new(transactional_id.to_string(), producer_id, timeout_ms, now_ms);
-            persist(self, broker, &txn, &mut durable)?;
+            persist(broker, &txn, &mut durable)?;
             state.insert(txn);
             return Ok((producer_id, 0, durable));
         };
@@ -175,7 +175,7 @@ impl TxnCoordinator {
                 "aborting the previous producer's transaction"
             );
             next.fence_and_prepare_abort(now_ms);
-            persist(self, broker, &next, &mut durable)?;
+            persist(broker, &next, &mut durable)?;
             state.insert(next.clone());
             self.finish(broker, &mut next, now_ms, &mut durable)?;
             state.insert(next.clone());
@@ -183,7 +183,7 @@ impl TxnCoordinator {
         if !next.bump_epoch(timeout_ms, now_ms) {
             next.rotate_producer_id(allocate(broker)?, timeout_ms, now_ms);
         }
-        persist(self, broker, &next, &mut durable)?;
+        persist(broker, &next, &mut durable)?;
         let answer = (next.producer_id, next.producer_epoch);
         state.insert(next);
         Ok((answer.0, answer.1, durable))
@@ -208,7 +208,7 @@ impl TxnCoordinator {
         }
         let mut durable = Durable::default();
         if next != *current {
-            persist(self, broker, &next, &mut durable)?;
+            persist(broker, &next, &mut durable)?;
             state.insert(next);
         }
         Ok(durable)
@@ -231,7 +231,7 @@ impl TxnCoordinator {
         if next.end(producer_id, producer_epoch, commit, now_ms)? == EndDecision::AlreadyCompleted {
             return Ok(durable);
         }
-        persist(self, broker, &next, &mut durable)?;
+        persist(broker, &next, &mut durable)?;
         state.insert(next.clone());
         let finished = self.finish(broker, &mut next, now_ms, &mut durable);
         state.insert(next);
@@ -318,7 +318,7 @@ impl TxnCoordinator {
         }
         broker.notify_appended();
         txn.complete(now_ms);
-        persist(self, broker, txn, durable)?;
+        persist(broker, txn, durable)?;
         tracing::debug!(transactional_id = %txn.transactional_id, commit, "transaction completed");
         Ok(())
     }
@@ -338,7 +338,7 @@ impl TxnCoordinator {
             let Some(mut txn) = state.txns.get(&id).cloned() else { continue };
             let mut durable = Durable::default();
             let outcome = if txn.expired(now_ms, self.config.id_expiration_ms) {
-                match append(broker, self.partition_for(&id), &[(records::key(&id), None)], now_ms) {
+                match append(broker, partition_for(broker, &id), &[(records::key(&id), None)], now_ms) {
                     Ok(_) => {
                         tracing::info!(transactional_id = %id, "transactional id expired");
                         state.remove(&id);
@@ -350,7 +350,7 @@ impl TxnCoordinator {
                 if txn.timed_out(now_ms) {
                     tracing::info!(transactional_id = %id, producer_id = txn.producer_id, "aborting timed-out transaction");
                     txn.fence_and_prepare_abort(now_ms);
-                    if let Err(e) = persist(self, broker, &txn, &mut durable) {
+                    if let Err(e) = persist(broker, &txn, &mut durable) {
                         tracing::warn!(transactional_id = %id, error = %e, "cannot abort timed-out transaction");
                         continue;
                     }
@@ -364,13 +364,6 @@ impl TxnCoordinator {
                 tracing::warn!(transactional_id = %id, error = %e, "transaction timer step failed; retrying later");
             }
         }
-    }
-
-    /// The `__transaction_state` partition of an id: Kafka's `abs(hashCode) % partitions`.
-    fn partition_for(&self, transactional_id: &str) -> i32 {
-        let hash = transactional_id.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
-        let positive = if hash == i32::MIN { 0 } else { hash.abs() };
-        positive % self.config.state_log_num_partitions.max(1)
     }
 
     /// Replays `__transaction_state` (later records win, tombstones delete), then finishes
@@ -404,6 +397,15 @@ impl TxnCoordinator {
     }
 }
 
+/// The `__transaction_state` partition of an id: Kafka's `abs(hashCode) % partitions`, over
+/// the topic's actual partition count (the config only matters when the topic is created).
+fn partition_for(broker: &Broker, transactional_id: &str) -> i32 {
+    let partitions = broker.topic(TXN_TOPIC).map_or(1, |t| t.partitions).max(1);
+    let hash = transactional_id.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    positive % partitions
+}
+
 fn allocate(broker: &Broker) -> Result<i64, TxnError> {
     broker.allocate_producer_id().map_err(|e| {
         tracing::error!(error = %e, "cannot allocate a producer id");
@@ -412,18 +414,13 @@ fn allocate(broker: &Broker) -> Result<i64, TxnError> {
 }
 
 /// Appends the transaction's current state to its `__transaction_state` partition.
-fn persist(
-    coordinator: &TxnCoordinator,
-    broker: &Broker,
-    txn: &TxnMetadata,
-    durable: &mut Durable,
-) -> Result<(), TxnError> {
+fn persist(broker: &Broker, txn: &TxnMetadata, durable: &mut Durable) -> Result<(), TxnError> {
     let id = &txn.transactional_id;
     if id.len() > i16::MAX as usize || txn.partitions.iter().any(|(t, _)| t.len() > i16::MAX as usize) {
         return Err(TxnError::InvalidTxnState);
     }
     let record = (records::key(id), Some(records::value(txn)));
-    let (partition, offset) = append(broker, coordinator.partition_for(id), &[record], broker.now_ms())?;
+    let (partition, offset) = append(broker, partition_for(broker, id), &[record], broker.now_ms())?;
     durable.add(partition, offset);
     Ok(())
 }

@@ -95,6 +95,7 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
                 continue;
             }
             let partition_max = (requested.partition_max_bytes.max(0) as usize).min(remaining);
+            let plain_view;
             let slice = {
                 let mut log = partition.log();
                 data.high_watermark = log.high_watermark();
@@ -103,6 +104,8 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
                 // The first partition with data always gets at least one whole batch (KIP-74).
                 let max = if total == 0 { partition_max.max(1) } else { partition_max };
                 // read_committed sees nothing at or past the last stable offset.
+                // With nothing open and nothing aborted, read_committed reads like read_uncommitted.
+                plain_view = data.last_stable_offset >= data.high_watermark && !log.has_aborted_transactions();
                 let unstable = read_committed
                     && requested.fetch_offset >= data.last_stable_offset
                     && requested.fetch_offset <= log.log_end_offset();
@@ -114,7 +117,7 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
             };
             let slice = slice.and_then(|s| s.map(|s| s.read()).transpose());
             let slice = match slice {
-                Ok(Some(records)) if read_committed => {
+                Ok(Some(records)) if read_committed && !plain_view => {
                     let (stable, aborted) =
                         committed_view(&partition, records, requested.fetch_offset, data.last_stable_offset);
                     data.aborted_transactions = Some(aborted);
