@@ -224,6 +224,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn read_committed_stops_at_the_lso_and_lists_aborted_transactions() {
+        use crate::protocol::batch::build_batch;
+        let (_dir, broker) = broker();
+        broker.auto_create_topic("t").expect("create");
+        let partition = broker.partition("t", 0).expect("partition");
+        let transactional = |producer: i64| build_batch(1 << 4, 1, 1, 1, producer, 0, 0, 2, b"tx");
+        {
+            let mut log = partition.log();
+            log.append(&sample_batch(1, 1, b"a")).expect("append"); // 0
+            log.append(&transactional(5)).expect("append"); // 1..3, aborted below
+            log.append(&crate::storage::encode_marker(5, 0, false, 0, 1)).expect("abort"); // 3
+            log.append(&sample_batch(1, 1, b"b")).expect("append"); // 4
+            log.append(&transactional(6)).expect("append"); // 5..7, left open
+            log.append(&sample_batch(1, 1, b"c")).expect("append"); // 7
+        }
+        let mut request = fetch("t", 0, 0);
+        request.isolation_level = 1;
+        let response: FetchResponse = call(&broker, ApiKey::Fetch, 11, &request).await;
+        let data = &response.responses[0].partitions[0];
+        assert_eq!((data.high_watermark, data.last_stable_offset), (8, 5));
+        let records = data.records.clone().expect("records");
+        let batches = crate::protocol::batch::split_batches(&records).expect("whole batches");
+        assert_eq!(batches.last().map(|(h, _)| h.next_offset()), Some(5), "nothing at or past the LSO");
+        let aborted = data.aborted_transactions.clone().expect("listed");
+        assert_eq!(aborted.len(), 1);
+        assert_eq!((aborted[0].producer_id.0, aborted[0].first_offset), (5, 1));
+        let mut at_lso = fetch("t", 5, 0);
+        at_lso.isolation_level = 1;
+        let response: FetchResponse = call(&broker, ApiKey::Fetch, 11, &at_lso).await;
+        assert!(response.responses[0].partitions[0].records.clone().unwrap_or_default().is_empty());
+        let response: FetchResponse = call(&broker, ApiKey::Fetch, 11, &fetch("t", 0, 0)).await;
+        let data = &response.responses[0].partitions[0];
+        let records = data.records.clone().expect("records");
+        let batches = crate::protocol::batch::split_batches(&records).expect("whole batches");
+        assert_eq!(batches.last().map(|(h, _)| h.next_offset()), Some(8), "read_uncommitted reads to the end");
+        assert_eq!(data.aborted_transactions.as_ref().map(Vec::len), Some(0));
+    }
+
+    #[tokio::test]
     async fn out_of_range_is_an_error_and_a_long_poll_wakes_on_append() {
         let (_dir, broker) = broker();
         broker.auto_create_topic("t").expect("create");
