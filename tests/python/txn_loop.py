@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 BATCH_MAX = 50
 
@@ -60,17 +60,26 @@ def main() -> None:
         if not messages:
             continue
         producer.begin_transaction()
-        for message in messages:
-            producer.produce(output_topic, key=message.key(), value=message.value())
-        positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
-        producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
         attempt += 1
-        if attempt % 3 == 0:
-            producer.flush(10)  # the aborted records reach the log, so read_uncommitted sees them
+        try:
+            for message in messages:
+                producer.produce(output_topic, key=message.key(), value=message.value())
+            positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
+            if attempt % 3 == 0:
+                producer.flush(10)  # the aborted records reach the log, so read_uncommitted sees them
+                producer.abort_transaction(30)
+                rewind(consumer)
+            else:
+                producer.commit_transaction(30)
+        except KafkaException as e:
+            # What a real application does: a fatal error (fenced) ends it; anything else
+            # (a rebalance racing the offset commit) aborts and redoes the work.
+            if e.args[0].fatal():
+                raise
+            print(f"transaction {attempt} failed ({e}); aborting", flush=True)
             producer.abort_transaction(30)
             rewind(consumer)
-        else:
-            producer.commit_transaction(30)
         print(f"transaction {attempt} done", flush=True)
         time.sleep(0.05)
 
