@@ -92,7 +92,9 @@ impl AbortedIndex {
             };
             // A torn last entry (crash mid-write) is not a whole entry: ignore it.
             let entries: Vec<AbortedTxn> = bytes.chunks_exact(ENTRY_BYTES).map_while(AbortedTxn::decode).collect();
-            let kept: Vec<AbortedTxn> = entries.iter().copied().filter(|e| e.last_offset < log_end_offset).collect();
+            let mut kept: Vec<AbortedTxn> =
+                entries.iter().copied().filter(|e| e.last_offset < log_end_offset).collect();
+            kept.sort_by_key(|e| e.last_offset);
             if kept.len() * ENTRY_BYTES != bytes.len() {
                 tracing::warn!(path = %path.display(), kept = kept.len(), "rewriting damaged or stale txn index");
                 rewrite(&path, &kept)?;
@@ -117,11 +119,10 @@ impl AbortedIndex {
         if entries.iter().any(|e| e.producer_id == entry.producer_id && e.last_offset == entry.last_offset) {
             return Ok(None);
         }
-        assert!(
-            entries.last().is_none_or(|last| last.last_offset < entry.last_offset),
-            "abort markers in offset order"
-        );
-        entries.push(entry);
+        // Markers arrive in offset order, except when a replay re-derives an entry a damaged
+        // file lacked: keep memory sorted either way (file order does not matter, load sorts).
+        let at = entries.partition_point(|e| e.last_offset < entry.last_offset);
+        entries.insert(at, entry);
         let path = txn_index_path(dir, segment_base);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
