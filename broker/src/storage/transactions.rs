@@ -162,8 +162,12 @@ impl AbortedIndex {
 
     /// Aborted transactions overlapping `[from_offset, upper_offset)`, in marker order.
     pub(crate) fn overlapping(&self, from_offset: i64, upper_offset: i64) -> Vec<AbortedTxn> {
+        // A marker at or after `from_offset` lies in the segment holding `from_offset` or a
+        // later one: earlier segments are skipped (consumers mostly read near the tail).
+        let start = self.by_segment.range(..=from_offset).next_back().map_or(i64::MIN, |(base, _)| *base);
         self.by_segment
-            .values()
+            .range(start..)
+            .map(|(_, entries)| entries)
             .flatten()
             .filter(|e| e.last_offset >= from_offset && e.first_offset < upper_offset)
             .take(ABORTED_PER_FETCH_MAX)
