@@ -42,6 +42,20 @@ impl TxnConfig {
         )
     }
 
+    /// (name, value, DescribeConfigs type: 3 INT, 5 LONG) of every config, for DescribeConfigs.
+    pub fn entries(&self) -> Vec<(&'static str, String, i8)> {
+        vec![
+            ("transaction.max.timeout.ms", self.max_timeout_ms.to_string(), 3),
+            ("transactional.id.expiration.ms", self.id_expiration_ms.to_string(), 3),
+            (
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+                self.abort_timed_out_check_interval_ms.to_string(),
+                3,
+            ),
+            ("transaction.state.log.num.partitions", self.state_log_num_partitions.to_string(), 3),
+        ]
+    }
+
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let invalid = || ConfigError::InvalidValue {
             name: key.to_string(),
@@ -62,5 +76,28 @@ impl TxnConfig {
             _ => return Err(ConfigError::Unknown { name: key.to_string() }),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_names_set_values_and_bad_ones_are_refused() {
+        let mut config = crate::config::BrokerConfig::default();
+        config.set("transaction.max.timeout.ms", "60000").expect("valid");
+        config.set("transaction.abort.timed.out.transaction.cleanup.interval.ms", "250").expect("valid");
+        assert_eq!(config.transactions.max_timeout_ms, 60_000);
+        assert_eq!(config.transactions.abort_timed_out_check_interval_ms, 250);
+        for (key, value) in [
+            ("transaction.max.timeout.ms", "0"),
+            ("transaction.max.timeout.ms", "99999999999"),
+            ("transactional.id.expiration.ms", "soon"),
+            ("transaction.state.log.num.partitions", "100000"),
+        ] {
+            assert!(config.set(key, value).is_err(), "{key}={value}");
+        }
+        assert_eq!(TxnConfig::default().entries().len(), 4);
     }
 }
