@@ -322,3 +322,28 @@ def test_transaction_open_across_a_broker_crash_can_still_commit(broker_factory)
     assert read_all(broker.bootstrap, topic, 1, "read_committed") == [], "still open after the crash"
     producer.commit_transaction(60)
     assert read_all(broker.bootstrap, topic, 1, "read_committed") == [f"survivor-{i}".encode() for i in range(10)]
+
+
+def test_kafkajs_transactional_producer(broker):
+    import shutil
+
+    modules = pathlib.Path(
+        os.environ.get("RUNNEL_NODE_MODULES", pathlib.Path.home() / ".cache/runnel/node/node_modules")
+    )
+    if shutil.which("node") is None or not (modules / "kafkajs").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("node or kafkajs missing in CI: tests/run.sh should have installed them")
+        pytest.skip("node or kafkajs not installed (tests/run.sh installs them)")
+    topic = unique_topic("kjs")
+    create_topic(broker.bootstrap, topic)
+    script = HERE.parent / "node" / "kafkajs_transactions.js"
+    result = subprocess.run(
+        ["node", str(script), broker.bootstrap, topic, unique_topic("kjs-tid")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, NODE_PATH=str(modules)),
+    )
+    assert result.returncode == 0, f"kafkajs failed: {result.stderr}"
+    assert read_all(broker.bootstrap, topic, 1, "read_committed") == [b"js-kept-1", b"js-kept-2"]
+    assert read_all(broker.bootstrap, topic, 1, "read_uncommitted") == [b"js-kept-1", b"js-kept-2", b"js-dropped"]
