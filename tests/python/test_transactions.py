@@ -347,3 +347,4 @@ def test_kafkajs_transactional_producer(broker):
     assert result.returncode == 0, f"kafkajs failed: {result.stderr}"
     assert read_all(broker.bootstrap, topic, 1, "read_committed") == [b"js-kept-1", b"js-kept-2"]
     assert read_all(broker.bootstrap, topic, 1, "read_uncommitted") == [b"js-kept-1", b"js-kept-2", b"js-dropped"]
+

@@ -11,6 +11,9 @@ once among committed output.
 
 from __future__ import annotations
 
+import faulthandler
+import os
+import signal
 import sys
 import time
 
@@ -29,6 +32,8 @@ def rewind(consumer: Consumer) -> None:
 
 
 def main() -> None:
+    # `kill -USR1` prints where the loop is (for diagnosing a stuck run).
+    faulthandler.register(signal.SIGUSR1)
     bootstrap, input_topic, output_topic, group, transactional_id = sys.argv[1:6]
     producer = Producer(
         {
@@ -37,6 +42,7 @@ def main() -> None:
             "transactional.id": transactional_id,
             "linger.ms": 5,
             "transaction.timeout.ms": 30000,
+            **({"debug": os.environ["TXN_LOOP_DEBUG"]} if os.environ.get("TXN_LOOP_DEBUG") else {}),
         }
     )
     producer.init_transactions(30)
@@ -51,6 +57,7 @@ def main() -> None:
             "session.timeout.ms": 6000,
             "max.poll.interval.ms": 10000,
             "fetch.wait.max.ms": 100,
+            **({"debug": os.environ["TXN_LOOP_DEBUG"]} if os.environ.get("TXN_LOOP_DEBUG") else {}),
         }
     )
     consumer.subscribe([input_topic])
