@@ -348,3 +348,52 @@ def test_kafkajs_transactional_producer(broker):
     assert read_all(broker.bootstrap, topic, 1, "read_committed") == [b"js-kept-1", b"js-kept-2"]
     assert read_all(broker.bootstrap, topic, 1, "read_uncommitted") == [b"js-kept-1", b"js-kept-2", b"js-dropped"]
 
+
+
+def test_consume_transform_produce_is_exactly_once_across_a_broker_crash(broker_factory, tmp_path):
+    broker = broker_factory(sets={"group.initial.rebalance.delay.ms": "0"})
+    input_topic, output_topic = unique_topic("in"), unique_topic("out")
+    create_topic(broker.bootstrap, input_topic, partitions=3)
+    create_topic(broker.bootstrap, output_topic, partitions=1)
+    inputs = [f"value-{i}".encode() for i in range(600)]
+    plain = Producer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4", "linger.ms": 5})
+    for i, value in enumerate(inputs):
+        plain.produce(input_topic, value=value, partition=i % 3)
+    assert plain.flush(30) == 0
+    group, tid = unique_topic("loop"), unique_topic("tid")
+    loop = start_loop(broker, input_topic, output_topic, group, tid, tmp_path / "loop.log")
+    try:
+        deadline = time.monotonic() + 60
+        while committed_count(broker.bootstrap, output_topic) < 200:
+            assert loop.poll() is None, (tmp_path / "loop.log").read_text()
+            assert time.monotonic() < deadline, "the loop made no progress"
+            time.sleep(0.3)
+        broker.kill()  # mid-transaction, most likely
+        broker.start()
+        progress_deadline = time.monotonic() + 20
+        before = committed_count(broker.bootstrap, output_topic)
+        deadline = time.monotonic() + 120
+        while committed_count(broker.bootstrap, output_topic) < len(inputs):
+            assert time.monotonic() < deadline, "the loop did not finish the input after the broker restart"
+            if loop.poll() is not None or (
+                progress_deadline and time.monotonic() > progress_deadline
+                and committed_count(broker.bootstrap, output_topic) == before
+            ):
+                # librdkafka 2.x can block send_offsets_to_transaction forever when the group
+                # coordinator went away mid-call (confluentinc/librdkafka#5456, #5511); a
+                # stuck or failed loop is replaced, as a supervisor would. Its successor's
+                # InitProducerId aborts whatever it left open.
+                loop.send_signal(signal.SIGKILL)
+                loop.wait(10)
+                loop = start_loop(broker, input_topic, output_topic, group, tid, tmp_path / "loop.log")
+                progress_deadline = None
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        loop.send_signal(signal.SIGKILL)
+        loop.wait(10)
+    committed = read_all(broker.bootstrap, output_topic, 1, "read_committed")
+    assert sorted(committed) == sorted(inputs), (
+        f"{len(committed)} committed outputs for {len(inputs)} inputs; "
+        f"duplicates: {len(committed) - len(set(committed))}"
+    )
