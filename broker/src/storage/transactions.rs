@@ -167,8 +167,7 @@ impl AbortedIndex {
         let start = self.by_segment.range(..=from_offset).next_back().map_or(i64::MIN, |(base, _)| *base);
         self.by_segment
             .range(start..)
-            .map(|(_, entries)| entries)
-            .flatten()
+            .flat_map(|(_, entries)| entries)
             .filter(|e| e.last_offset >= from_offset && e.first_offset < upper_offset)
             .take(ABORTED_PER_FETCH_MAX)
             .copied()
