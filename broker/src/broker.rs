@@ -85,6 +85,8 @@ pub struct Broker {
     producer_ids: Mutex<(i64, i64)>,
     /// Consumer groups and committed offsets (persisted in `__consumer_offsets`).
     groups: GroupCoordinator,
+    /// Transactions (persisted in `__transaction_state`).
+    txns: crate::txn::TxnCoordinator,
 }
 
 impl Broker {
@@ -102,6 +104,7 @@ impl Broker {
         let metadata = LocalMetadataStore::open(&meta_dir)?;
         let broker = Arc::new(Broker {
             groups: GroupCoordinator::new(GroupConfig::from_broker(&config)),
+            txns: crate::txn::TxnCoordinator::new(config.transactions.clone()),
             config,
             cluster_id,
             metadata: Box::new(metadata),
@@ -117,6 +120,8 @@ impl Broker {
         broker.reconcile(&image)?;
         broker.remove_orphan_directories(&image)?;
         broker.groups.load(&broker)?;
+        // After the groups: completing an interrupted transaction publishes its offsets.
+        broker.txns.load(&broker)?;
         Ok(broker)
     }
 
@@ -130,6 +135,10 @@ impl Broker {
 
     pub(crate) fn groups(&self) -> &GroupCoordinator {
         &self.groups
+    }
+
+    pub(crate) fn txns(&self) -> &crate::txn::TxnCoordinator {
+        &self.txns
     }
 
     pub fn metadata(&self) -> Arc<MetadataImage> {

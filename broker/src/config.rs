@@ -200,6 +200,8 @@ pub struct BrokerConfig {
     pub group_max_size: usize,
     /// Kafka's `offsets.retention.minutes`: offsets of a group empty this long are deleted.
     pub offsets_retention_minutes: i64,
+    /// The transaction coordinator's configs (`transaction.*`, `transactional.id.*`).
+    pub transactions: crate::txn::TxnConfig,
     /// Broker-level values of topic configs, by broker name (`log.segment.bytes`).
     pub topic_defaults: BTreeMap<String, String>,
 }
@@ -223,6 +225,7 @@ impl Default for BrokerConfig {
             group_max_session_timeout_ms: 1_800_000,
             group_max_size: 1000,
             offsets_retention_minutes: 7 * 24 * 60,
+            transactions: Default::default(),
             topic_defaults: BTreeMap::new(),
         }
     }
@@ -302,6 +305,7 @@ impl BrokerConfig {
                 self.offsets_retention_minutes =
                     value.trim().parse().ok().filter(|n: &i64| *n > 0).ok_or_else(|| invalid("must be positive"))?
             }
+            key if crate::txn::TxnConfig::owns(key) => self.transactions.set(key, value)?,
             _ => {
                 let def = TOPIC_CONFIGS
                     .iter()

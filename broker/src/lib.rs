@@ -5,6 +5,7 @@
 //! - [`storage`]: the segmented log per partition (see `docs/STORAGE.md`).
 //! - [`metadata`]: topics, partitions and configs as a replicated-state-machine interface.
 //! - `groups`: the consumer group coordinator, persisted in `__consumer_offsets`.
+//! - [`txn`]: the transaction coordinator, persisted in `__transaction_state`.
 //! - [`server`]: sockets, connection limits, request dispatch and the admin HTTP endpoint.
 //!
 //! ```no_run
@@ -23,6 +24,7 @@ pub mod partitioner;
 pub mod protocol;
 pub mod server;
 pub mod storage;
+pub mod txn;
 
 mod broker;
 mod metrics;

@@ -125,6 +125,25 @@ pub(crate) struct GroupCoordinator {
 
 type WaiterKey = (String, String);
 
+/// A transaction's offsets: (group, topic, partition) → offset.
+type PendingOffsets = BTreeMap<(String, String, i32), CommittedOffset>;
+
+/// Bound on (group, partition) offsets one open transaction may hold; each is a small record
+/// kept in memory until the transaction ends.
+const PENDING_OFFSETS_PER_TRANSACTION_MAX: usize = 100_000;
+
+/// A TxnOffsetCommit: offsets to publish when the producer's transaction commits.
+#[derive(Debug, Clone)]
+pub(crate) struct TxnCommitRequest {
+    pub(crate) group_id: String,
+    pub(crate) producer_id: i64,
+    pub(crate) producer_epoch: i16,
+    pub(crate) member_id: String,
+    pub(crate) group_instance_id: Option<String>,
+    pub(crate) generation_id: i32,
+    pub(crate) partitions: Vec<CommitPartition>,
+}
+
 #[derive(Debug, Default)]
 struct Coordinator {
     groups: BTreeMap<String, Group>,
@@ -135,6 +154,9 @@ struct Coordinator {
     sync_waiters: HashMap<WaiterKey, oneshot::Sender<SyncOutcome>>,
     /// The metadata image last checked for deleted topics.
     metadata_index_seen: u64,
+    /// Offsets committed inside open transactions, by producer id: they become committed
+    /// offsets when the producer's commit marker is written, and vanish on abort.
+    pending_txn: BTreeMap<i64, PendingOffsets>,
     closed: bool,
 }
 
@@ -425,6 +447,112 @@ impl GroupCoordinator {
         Ok(CommitReply { results, durable })
     }
 
+    // ---- transactions ----------------------------------------------------------------------
+
+    /// TxnOffsetCommit: stores the offsets in `__consumer_offsets` inside the producer's
+    /// transaction (a transactional batch); they stay pending until its marker.
+    pub(crate) fn txn_commit(&self, broker: &Broker, request: TxnCommitRequest) -> CommitReply {
+        let all = |error: GroupError| CommitReply {
+            results: request.partitions.iter().map(|_| Err(error)).collect(),
+            durable: None,
+        };
+        if request.group_id.is_empty() || !storable(&request.group_id, 0) {
+            return all(GroupError::InvalidGroupId);
+        }
+        if let Err(error) = self.ensure_offsets_topic(broker) {
+            return all(error);
+        }
+        let now_ms = broker.now_ms();
+        let image = broker.metadata();
+        let mut state = self.lock();
+        if let Some(group) = state.groups.get(&request.group_id) {
+            // Kafka accepts a transactional commit without member and generation (older
+            // producers send none); with them, they must be current.
+            let anonymous = request.member_id.is_empty() && request.generation_id < 0;
+            let member = request.member_id.as_str();
+            if group.state() == GroupState::Dead {
+                return all(GroupError::CoordinatorNotAvailable);
+            }
+            if !anonymous {
+                if let Err(error) =
+                    group.validate_commit(member, request.group_instance_id.as_deref(), request.generation_id)
+                {
+                    return all(error);
+                }
+            }
+        }
+        let pending = state.pending_txn.get(&request.producer_id).map_or(0, BTreeMap::len);
+        if pending + request.partitions.len() > PENDING_OFFSETS_PER_TRANSACTION_MAX {
+            return all(GroupError::InvalidCommitOffsetSize);
+        }
+        let mut results = Vec::with_capacity(request.partitions.len());
+        let mut accepted = Vec::new();
+        for p in &request.partitions {
+            let metadata = p.metadata.clone().unwrap_or_default();
+            let result = if metadata.len() > OFFSET_METADATA_MAX_BYTES {
+                Err(GroupError::OffsetMetadataTooLarge)
+            } else if !partition_exists(&image, &p.topic, p.partition) {
+                Err(GroupError::UnknownTopicOrPartition)
+            } else {
+                let offset = CommittedOffset {
+                    offset: p.offset,
+                    leader_epoch: p.leader_epoch,
+                    metadata,
+                    commit_timestamp_ms: now_ms,
+                };
+                accepted.push(((request.group_id.clone(), p.topic.clone(), p.partition), offset));
+                Ok(())
+            };
+            results.push(result);
+        }
+        let kv: Vec<KeyValue> = accepted
+            .iter()
+            .map(|((group, topic, partition), offset)| {
+                (records::offset_key(group, topic, *partition), Some(records::offset_value(offset)))
+            })
+            .collect();
+        let producer = Some((request.producer_id, request.producer_epoch));
+        match append_records(broker, &kv, now_ms, producer) {
+            Ok(durable) => {
+                state.pending_txn.entry(request.producer_id).or_default().extend(accepted);
+                CommitReply { results, durable }
+            }
+            Err(error) => {
+                CommitReply { results: results.into_iter().map(|r| r.and(Err(error))).collect(), durable: None }
+            }
+        }
+    }
+
+    /// The producer's marker was just written to `__consumer_offsets`: publish its pending
+    /// offsets (commit) or drop them (abort).
+    pub(crate) fn complete_transaction(&self, producer_id: i64, commit: bool, now_ms: i64) {
+        let mut state = self.lock();
+        let Some(pending) = state.pending_txn.remove(&producer_id) else { return };
+        if !commit {
+            return;
+        }
+        for ((group_id, topic, partition), offset) in pending {
+            if !state.groups.contains_key(&group_id) {
+                if state.groups.len() >= GROUPS_MAX {
+                    tracing::warn!(group = %group_id, "group limit reached; transactional offsets dropped");
+                    continue;
+                }
+                state.groups.insert(group_id.clone(), Group::new(group_id.clone(), now_ms));
+            }
+            if let Some(group) = state.groups.get_mut(&group_id) {
+                group.commit(&topic, partition, offset);
+            }
+            self.reschedule(&mut state, &group_id, now_ms);
+        }
+    }
+
+    /// Whether an open transaction holds an offset for the partition (OffsetFetch with
+    /// `require_stable` answers UNSTABLE_OFFSET_COMMIT then).
+    pub(crate) fn has_pending_offset(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+        let key = (group_id.to_string(), topic.to_string(), partition);
+        self.lock().pending_txn.values().any(|pending| pending.contains_key(&key))
+    }
+
     // ---- administration ---------------------------------------------------------------------
 
     /// Groups in any of `states` (case-insensitive; all when empty).
@@ -648,15 +776,27 @@ impl GroupCoordinator {
                 };
                 for (header, range) in batches {
                     offset = header.next_offset();
-                    if !header.is_control() {
-                        replay.apply_batch(bytes.slice(range), header.base_offset);
+                    let batch = bytes.slice(range);
+                    if header.is_control() {
+                        if header.is_transactional() {
+                            let commit =
+                                crate::storage::control_type(&batch) == Some(crate::storage::CONTROL_TYPE_COMMIT);
+                            replay.end_transaction(header.producer_id, commit);
+                        }
+                    } else if header.is_transactional() {
+                        replay.apply_transactional_batch(batch, header.base_offset, header.producer_id);
+                    } else {
+                        replay.apply_batch(batch, header.base_offset);
                     }
                 }
             }
         }
+        let pending = std::mem::take(&mut replay.pending);
         let groups = replay.into_groups(now_ms);
         let count = groups.len();
         let mut state = self.lock();
+        // Transactions without a marker yet: their coordinator completes or aborts them.
+        state.pending_txn = pending;
         for group in groups {
             let group_id = group.id.clone();
             state.groups.insert(group_id.clone(), group);
@@ -750,6 +890,16 @@ fn tombstones(group: &Group) -> Vec<KeyValue> {
 /// Appends records to `__consumer_offsets` in batches of about [`BATCH_BYTES_TARGET`];
 /// `None` when there was nothing to write.
 fn append(broker: &Broker, records: &[KeyValue], now_ms: i64) -> Result<Option<Durable>, GroupError> {
+    append_records(broker, records, now_ms, None)
+}
+
+/// [`append`], optionally as a transactional batch of `producer` (id, epoch).
+fn append_records(
+    broker: &Broker,
+    records: &[KeyValue],
+    now_ms: i64,
+    producer: Option<(i64, i16)>,
+) -> Result<Option<Durable>, GroupError> {
     if records.is_empty() {
         return Ok(None);
     }
@@ -764,7 +914,7 @@ fn append(broker: &Broker, records: &[KeyValue], now_ms: i64) -> Result<Option<D
             bytes += key.len() + value.as_ref().map_or(0, Bytes::len) + 32;
             end += 1;
         }
-        let batch = records::encode_batch(&records[start..end], now_ms).map_err(|message| {
+        let batch = records::encode_batch(&records[start..end], now_ms, producer).map_err(|message| {
             tracing::error!(%message, "cannot encode a {OFFSETS_TOPIC} batch");
             GroupError::NotCoordinator
         })?;
@@ -786,6 +936,8 @@ fn append(broker: &Broker, records: &[KeyValue], now_ms: i64) -> Result<Option<D
 #[derive(Debug, Default)]
 struct Replay {
     groups: BTreeMap<String, ReplayedGroup>,
+    /// Offsets of transactions whose marker has not been seen (yet).
+    pending: BTreeMap<i64, PendingOffsets>,
 }
 
 #[derive(Debug, Default)]
@@ -808,6 +960,37 @@ impl Replay {
             match records::decode_key(&key) {
                 Ok(key) => self.apply(key, record.value, record.offset),
                 Err(e) => tracing::warn!(offset = record.offset, error = %e, "skipping record"),
+            }
+        }
+    }
+
+    /// Offsets committed in a transaction wait for its marker.
+    fn apply_transactional_batch(&mut self, mut batch: Bytes, base_offset: i64, producer_id: i64) {
+        let set = match RecordBatchDecoder::decode(&mut batch) {
+            Ok(set) => set,
+            Err(e) => {
+                tracing::warn!(offset = base_offset, error = %e, "skipping undecodable batch in {OFFSETS_TOPIC}");
+                return;
+            }
+        };
+        for record in set.records {
+            let (Some(key), Some(value)) = (record.key, record.value) else { continue };
+            let Ok(RecordKey::Offset { group, topic, partition }) = records::decode_key(&key) else { continue };
+            match records::decode_offset_value(&value) {
+                Ok(committed) => {
+                    self.pending.entry(producer_id).or_default().insert((group, topic, partition), committed);
+                }
+                Err(e) => tracing::warn!(offset = record.offset, error = %e, "skipping transactional offset record"),
+            }
+        }
+    }
+
+    /// A marker: the producer's pending offsets become committed, or are dropped.
+    fn end_transaction(&mut self, producer_id: i64, commit: bool) {
+        let Some(pending) = self.pending.remove(&producer_id) else { return };
+        if commit {
+            for ((group, topic, partition), offset) in pending {
+                self.groups.entry(group).or_default().offsets.insert((topic, partition), offset);
             }
         }
     }

@@ -26,10 +26,19 @@ mod records;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub(crate) use coordinator::{CommitPartition, CommitReply, CommitRequest, GroupCoordinator, JoinReply, SyncReply};
+pub(crate) use coordinator::{
+    CommitPartition, CommitReply, CommitRequest, GroupCoordinator, JoinReply, SyncReply, TxnCommitRequest,
+    OFFSETS_TOPIC,
+};
 pub(crate) use group::{CommittedOffset, JoinOutcome, JoinRequest, Protocol, SyncOutcome, SyncRequest};
 
 use kafka_protocol::ResponseError;
+
+/// Encodes records as `__consumer_offsets` writes them (for tests of other coordinators).
+#[cfg(test)]
+pub(crate) fn encode_records_for_test(records: &[(bytes::Bytes, Option<bytes::Bytes>)], now_ms: i64) -> bytes::Bytes {
+    records::encode_batch(records, now_ms, None).expect("encodes")
+}
 
 /// Kafka's `offset.metadata.max.bytes`: longer commit metadata is refused per partition.
 pub(crate) const OFFSET_METADATA_MAX_BYTES: usize = 4096;

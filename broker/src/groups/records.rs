@@ -182,21 +182,29 @@ pub(crate) fn decode_group_value(mut buf: &[u8]) -> Result<StoredGroup, DecodeEr
 }
 
 /// Encodes records as one uncompressed RecordBatch v2 (offsets are assigned on append).
-pub(crate) fn encode_batch(records: &[KeyValue], timestamp_ms: i64) -> Result<Bytes, String> {
+/// Encodes records as one batch; with `producer` (id, epoch) a transactional batch (offsets
+/// committed by TxnOffsetCommit, published by the transaction's marker).
+pub(crate) fn encode_batch(
+    records: &[KeyValue],
+    timestamp_ms: i64,
+    producer: Option<(i64, i16)>,
+) -> Result<Bytes, String> {
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
     let records: Vec<Record> = records
         .iter()
         .enumerate()
         .map(|(index, (key, value))| Record {
-            transactional: false,
+            transactional: producer.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: index as i64,
             // kafka-protocol starts a new batch wherever `offset - sequence` changes: counting
-            // up from -1 keeps one batch (base sequence -1), so a commit is appended atomically.
+            // up from -1 keeps one batch (base sequence -1), so a commit (transactional or not)
+            // is appended atomically; coordinator writes carry no sequence checking.
             sequence: index as i32 - 1,
             timestamp: timestamp_ms,
             key: Some(key.clone()),

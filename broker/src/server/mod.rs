@@ -158,6 +158,9 @@ async fn background_tasks(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) 
     let mut retention = tokio::time::interval(Duration::from_millis(broker.config.retention_check_interval_ms));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let txn_check = Duration::from_millis(broker.config.transactions.abort_timed_out_check_interval_ms);
+    let mut txn_timers = tokio::time::interval(txn_check);
+    txn_timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => {
@@ -168,6 +171,8 @@ async fn background_tasks(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) 
             _ = flush.tick() => broker.flush_due().await,
             // Group deadlines: session expiry, join rounds, sync phases, initial rebalance delay.
             _ = broker.groups().wait_for_timers(broker.now_ms()) => broker.groups().run_timers(&broker),
+            // Transaction timeouts (abort and fence) and transactional id expiry.
+            _ = txn_timers.tick() => broker.txns().run_timers(&broker),
             _ = retention.tick() => {
                 let broker = Arc::clone(&broker);
                 let _ = tokio::task::spawn_blocking(move || broker.enforce_retention()).await;

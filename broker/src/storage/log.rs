@@ -10,9 +10,13 @@ use bytes::{Bytes, BytesMut};
 
 use super::producers::{self, ProducerStates, SequenceCheck};
 use super::segment::Segment;
+use super::transactions::{self, AbortedIndex, AbortedTxn};
 use super::{Clock, Result, StorageError};
 use crate::config::LogConfig;
 use crate::protocol::batch::{peek_batch_bytes, split_batches, stamp_batch, BatchHeader, STAMPED_HEAD_BYTES};
+
+/// Bytes read to learn a marker's type during replay: its header and the start of its record.
+const MARKER_READ_BYTES: usize = 128;
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +105,8 @@ pub struct PartitionLog {
     last_flush_ms: i64,
     /// Idempotent producers' recent sequences, for duplicate and gap detection.
     producers: ProducerStates,
+    /// Aborted transactions (`.txnindex` files), for read_committed fetches.
+    aborted: AbortedIndex,
 }
 
 impl PartitionLog {
@@ -143,9 +149,12 @@ impl PartitionLog {
             unflushed_messages: 0,
             last_flush_ms: now_ms,
             producers: ProducerStates::default(),
+            aborted: AbortedIndex::default(),
         };
         // What survived recovery is on disk; treat it as flushed.
         log.flushed_offset = log.log_end_offset();
+        let bases: Vec<i64> = log.segments.keys().copied().collect();
+        log.aborted = AbortedIndex::load(dir, &bases, log.log_end_offset())?;
         log.recover_producers()?;
         Ok(log)
     }
@@ -244,6 +253,8 @@ impl PartitionLog {
             let interval = self.config.index_interval_bytes;
             self.active_mut().append(&head, batch, &header, interval)?;
             self.producers.record(&header);
+            let control = transactions::is_marker(&header).then(|| transactions::control_type(batch)).flatten();
+            self.track_transaction(&header, control)?;
             last_offset = header.last_offset();
             next = header.next_offset();
             self.unflushed_messages += header.record_count.max(0) as u64;
@@ -391,6 +402,7 @@ impl PartitionLog {
             let segment = self.segments.remove(&base).expect("present");
             total -= segment.size as i64;
             segment.delete_files()?;
+            self.aborted.remove_segment(&self.dir, base)?;
             removed += 1;
         }
         let first = *self.segments.keys().next().expect("a log always has a segment");
@@ -412,7 +424,9 @@ impl PartitionLog {
         for base in doomed {
             let segment = self.segments.remove(&base).expect("listed above");
             segment.delete_files()?;
+            self.aborted.remove_segment(&self.dir, base)?;
         }
+        self.aborted.truncate_to(&self.dir, offset)?;
         let now_ms = self.clock.now_ms();
         let interval = self.config.index_interval_bytes;
         match self.segments.iter_mut().next_back() {
@@ -457,6 +471,8 @@ impl PartitionLog {
         offset = offset.max(self.log_start_offset);
         let first = self.segments.range(..=offset).next_back().map(|(b, _)| *b).unwrap_or(self.log_start_offset);
         let mut replayed = 0u64;
+        // Aborts found by the replay: (segment, producer, first offset, marker offset).
+        let mut aborted = Vec::new();
         for (_, segment) in self.segments.range_mut(first..) {
             let Some(at) = segment.find_batch(offset)? else { continue };
             let mut position = at.position;
@@ -464,6 +480,19 @@ impl PartitionLog {
                 let header = segment.read_header(position)?;
                 if header.base_offset >= offset {
                     self.producers.record(&header);
+                    if transactions::is_marker(&header) {
+                        // Commit or abort is in the marker's record key, just past the header.
+                        let mut head = vec![0u8; header.total_bytes().min(MARKER_READ_BYTES)];
+                        segment.log.read_exact_at(&mut head, position).map_err(|e| StorageError::io(&self.dir, e))?;
+                        let first_offset = self.producers.end_transaction(header.producer_id);
+                        if let (Some(first_offset), Some(transactions::CONTROL_TYPE_ABORT)) =
+                            (first_offset, transactions::control_type(&head))
+                        {
+                            aborted.push((segment.base_offset, header.producer_id, first_offset, header.base_offset));
+                        }
+                    } else if header.is_transactional() {
+                        self.producers.begin_transaction(&header);
+                    }
                     replayed += 1;
                 }
                 position += header.total_bytes() as u64;
@@ -473,7 +502,58 @@ impl PartitionLog {
         if replayed > 0 {
             tracing::debug!(dir = %self.dir.display(), replayed, "replayed batch headers into producer state");
         }
+        // Entries already in the `.txnindex` files are recognised and not written twice.
+        let last_stable_offset = self.last_stable_offset();
+        for (segment_base, producer_id, first_offset, last_offset) in aborted {
+            let entry = AbortedTxn { producer_id, first_offset, last_offset, last_stable_offset };
+            if let Some(file) = self.aborted.push(&self.dir, segment_base, entry)? {
+                self.unflushed_sealed.push(file);
+            }
+        }
         Ok(())
+    }
+
+    /// Follows transactions through appended batches: a transactional data batch opens its
+    /// producer's transaction, a marker closes it; an abort marker adds an aborted-index entry.
+    fn track_transaction(&mut self, header: &BatchHeader, control: Option<i16>) -> Result<()> {
+        if !header.is_transactional() {
+            return Ok(());
+        }
+        if !header.is_control() {
+            self.producers.begin_transaction(header);
+            return Ok(());
+        }
+        let first_offset = self.producers.end_transaction(header.producer_id);
+        if let (Some(first_offset), Some(transactions::CONTROL_TYPE_ABORT)) = (first_offset, control) {
+            let entry = AbortedTxn {
+                producer_id: header.producer_id,
+                first_offset,
+                last_offset: header.base_offset,
+                last_stable_offset: self.last_stable_offset(),
+            };
+            let segment_base = *self.segments.range(..=header.base_offset).next_back().map(|(b, _)| b).unwrap_or(&0);
+            if let Some(file) = self.aborted.push(&self.dir, segment_base, entry)? {
+                // Fsynced with the log by the next flush, like a sealed segment.
+                self.unflushed_sealed.push(file);
+            }
+        }
+        Ok(())
+    }
+
+    /// The last stable offset: every record below it belongs to no open transaction.
+    pub fn last_stable_offset(&self) -> i64 {
+        let high_watermark = self.high_watermark();
+        self.producers.first_unstable_offset().map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// Whether any aborted transaction is indexed (read_committed fetches skip work if not).
+    pub fn has_aborted_transactions(&self) -> bool {
+        !self.aborted.is_empty()
+    }
+
+    /// Aborted transactions overlapping `[from_offset, upper_offset)` (read_committed fetch).
+    pub fn aborted_transactions(&self, from_offset: i64, upper_offset: i64) -> Vec<AbortedTxn> {
+        self.aborted.overlapping(from_offset, upper_offset)
     }
 
     /// Best effort: a failed snapshot only makes the next recovery replay more.

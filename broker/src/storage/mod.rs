@@ -8,9 +8,11 @@ mod index;
 mod log;
 mod producers;
 mod segment;
+mod transactions;
 
 pub use log::{AppendInfo, FetchSlice, PartitionLog, SyncPlan};
 pub use producers::SequenceCheck;
+pub use transactions::{control_type, encode_marker, AbortedTxn, CONTROL_TYPE_ABORT, CONTROL_TYPE_COMMIT};
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -83,3 +85,5 @@ pub(crate) fn segment_file_name(base_offset: i64, extension: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transaction_tests;

@@ -53,6 +53,11 @@ pub enum SequenceCheck {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ProducerStates {
     producers: BTreeMap<i64, ProducerEntry>,
+    /// First offset of each producer's open transaction. Kept apart from `producers` so the
+    /// eviction of idle producers never forgets a transaction that still holds back the
+    /// last stable offset. `default` reads snapshots written before transactions existed.
+    #[serde(default)]
+    ongoing_transactions: BTreeMap<i64, i64>,
 }
 
 fn next_sequence(sequence: i32) -> i32 {
@@ -132,6 +137,23 @@ impl ProducerStates {
 
     pub(crate) fn len(&self) -> usize {
         self.producers.len()
+    }
+
+    /// Notes a transactional data batch: the producer's transaction starts here unless it
+    /// is already open.
+    pub(crate) fn begin_transaction(&mut self, header: &BatchHeader) {
+        self.ongoing_transactions.entry(header.producer_id).or_insert(header.base_offset);
+    }
+
+    /// Ends the producer's open transaction; returns its first offset (`None` if it had
+    /// written nothing here, as when a marker is written twice after a coordinator restart).
+    pub(crate) fn end_transaction(&mut self, producer_id: i64) -> Option<i64> {
+        self.ongoing_transactions.remove(&producer_id)
+    }
+
+    /// The first offset of the oldest open transaction: the last stable offset's bound.
+    pub(crate) fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing_transactions.values().min().copied()
     }
 }
 

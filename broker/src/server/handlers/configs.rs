@@ -145,6 +145,9 @@ fn broker_entries(broker: &Broker) -> Vec<(String, String, ConfigSource, i8)> {
         let (value, source) = config.topic_default(def);
         entries.push((def.broker_name.to_string(), value, source, def.config_type()));
     }
+    for (name, value, config_type) in config.transactions.entries() {
+        entries.push((name.to_string(), value, ConfigSource::StaticBroker, config_type));
+    }
     entries
 }
 

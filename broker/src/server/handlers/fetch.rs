@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, TopicName};
 use kafka_protocol::ResponseError;
 
 use super::{storage_error_code, text, Reply};
+use crate::protocol::batch::{peek_batch_bytes, BatchHeader};
 use crate::protocol::fetch_frame::encode_fetch_response;
 use crate::protocol::frame::{decode_body, FrameError, RequestFrame};
 use crate::Broker;
@@ -57,6 +59,8 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
     let mut total = 0;
     let mut any_error = false;
     let image = broker.metadata();
+    // Kafka's isolation levels: 0 read_uncommitted, 1 read_committed (Fetch v4+).
+    let read_committed = version >= 4 && body.isolation_level == 1;
     for topic in &body.topics {
         let name = if version >= 13 {
             image.topics.values().find(|t| t.topic_id == topic.topic_id).map(|t| t.name.clone())
@@ -91,20 +95,37 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
                 continue;
             }
             let partition_max = (requested.partition_max_bytes.max(0) as usize).min(remaining);
+            let plain_view;
             let slice = {
                 let mut log = partition.log();
                 data.high_watermark = log.high_watermark();
-                data.last_stable_offset = log.high_watermark();
+                data.last_stable_offset = log.last_stable_offset();
                 data.log_start_offset = log.log_start_offset();
                 // The first partition with data always gets at least one whole batch (KIP-74).
                 let max = if total == 0 { partition_max.max(1) } else { partition_max };
-                if max == 0 {
+                // read_committed sees nothing at or past the last stable offset.
+                // With nothing open and nothing aborted, read_committed reads like read_uncommitted.
+                plain_view = data.last_stable_offset >= data.high_watermark && !log.has_aborted_transactions();
+                let unstable = read_committed
+                    && requested.fetch_offset >= data.last_stable_offset
+                    && requested.fetch_offset <= log.log_end_offset();
+                if max == 0 || unstable {
                     Ok(None)
                 } else {
                     log.read(requested.fetch_offset, max)
                 }
             };
-            match slice.and_then(|s| s.map(|s| s.read()).transpose()) {
+            let slice = slice.and_then(|s| s.map(|s| s.read()).transpose());
+            let slice = match slice {
+                Ok(Some(records)) if read_committed && !plain_view => {
+                    let (stable, aborted) =
+                        committed_view(&partition, records, requested.fetch_offset, data.last_stable_offset);
+                    data.aborted_transactions = Some(aborted);
+                    Ok(Some(stable).filter(|r| !r.is_empty()))
+                }
+                other => other,
+            };
+            match slice {
                 Ok(Some(records)) => {
                     total += records.len();
                     remaining = remaining.saturating_sub(records.len());
@@ -117,7 +138,7 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
                     tracing::debug!(topic = %partition.topic, partition = partition.index, error = %e, "fetch failed");
                 }
             }
-            if version >= 4 {
+            if version >= 4 && data.aborted_transactions.is_none() {
                 data.aborted_transactions = Some(Vec::new());
             }
             topic_response.partitions.push(data);
@@ -125,6 +146,38 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
         response.responses.push(topic_response);
     }
     (response, total, any_error)
+}
+
+/// For read_committed: keeps the whole batches below the last stable offset and lists the
+/// aborted transactions overlapping them, which the consumer uses to drop aborted records.
+fn committed_view(
+    partition: &crate::broker::Partition,
+    records: Bytes,
+    fetch_offset: i64,
+    last_stable_offset: i64,
+) -> (Bytes, Vec<AbortedTransaction>) {
+    let mut kept = 0;
+    let mut upper = fetch_offset;
+    while let Some(len) = peek_batch_bytes(&records[kept..]) {
+        let Ok(header) = BatchHeader::parse(&records[kept..]) else { break };
+        if kept + len > records.len() || header.base_offset >= last_stable_offset {
+            break;
+        }
+        kept += len;
+        upper = header.next_offset();
+    }
+    let stable = records.slice(..kept);
+    let aborted = if kept == 0 { Vec::new() } else { partition.log().aborted_transactions(fetch_offset, upper) };
+    let aborted = aborted
+        .into_iter()
+        .map(|a| {
+            let mut entry = AbortedTransaction::default();
+            entry.producer_id = ProducerId(a.producer_id);
+            entry.first_offset = a.first_offset;
+            entry
+        })
+        .collect();
+    (stable, aborted)
 }
 
 #[cfg(test)]
@@ -168,6 +221,45 @@ mod tests {
             let header = validate_batch(&records).expect("one whole batch");
             assert_eq!(header.base_offset, 5, "the batch holding offset 7 starts at 5");
         }
+    }
+
+    #[tokio::test]
+    async fn read_committed_stops_at_the_lso_and_lists_aborted_transactions() {
+        use crate::protocol::batch::build_batch;
+        let (_dir, broker) = broker();
+        broker.auto_create_topic("t").expect("create");
+        let partition = broker.partition("t", 0).expect("partition");
+        let transactional = |producer: i64| build_batch(1 << 4, 1, 1, 1, producer, 0, 0, 2, b"tx");
+        {
+            let mut log = partition.log();
+            log.append(&sample_batch(1, 1, b"a")).expect("append"); // 0
+            log.append(&transactional(5)).expect("append"); // 1..3, aborted below
+            log.append(&crate::storage::encode_marker(5, 0, false, 0, 1)).expect("abort"); // 3
+            log.append(&sample_batch(1, 1, b"b")).expect("append"); // 4
+            log.append(&transactional(6)).expect("append"); // 5..7, left open
+            log.append(&sample_batch(1, 1, b"c")).expect("append"); // 7
+        }
+        let mut request = fetch("t", 0, 0);
+        request.isolation_level = 1;
+        let response: FetchResponse = call(&broker, ApiKey::Fetch, 11, &request).await;
+        let data = &response.responses[0].partitions[0];
+        assert_eq!((data.high_watermark, data.last_stable_offset), (8, 5));
+        let records = data.records.clone().expect("records");
+        let batches = crate::protocol::batch::split_batches(&records).expect("whole batches");
+        assert_eq!(batches.last().map(|(h, _)| h.next_offset()), Some(5), "nothing at or past the LSO");
+        let aborted = data.aborted_transactions.clone().expect("listed");
+        assert_eq!(aborted.len(), 1);
+        assert_eq!((aborted[0].producer_id.0, aborted[0].first_offset), (5, 1));
+        let mut at_lso = fetch("t", 5, 0);
+        at_lso.isolation_level = 1;
+        let response: FetchResponse = call(&broker, ApiKey::Fetch, 11, &at_lso).await;
+        assert!(response.responses[0].partitions[0].records.clone().unwrap_or_default().is_empty());
+        let response: FetchResponse = call(&broker, ApiKey::Fetch, 11, &fetch("t", 0, 0)).await;
+        let data = &response.responses[0].partitions[0];
+        let records = data.records.clone().expect("records");
+        let batches = crate::protocol::batch::split_batches(&records).expect("whole batches");
+        assert_eq!(batches.last().map(|(h, _)| h.next_offset()), Some(8), "read_uncommitted reads to the end");
+        assert_eq!(data.aborted_transactions.as_ref().map(Vec::len), Some(0));
     }
 
     #[tokio::test]

@@ -342,6 +342,7 @@ pub(super) fn offset_fetch(broker: &Arc<Broker>, request: &RequestFrame) -> Resu
             group_response.group_id = group.group_id.clone();
             for (topic, partitions) in offsets {
                 let mut topic_response = OffsetFetchResponseTopics::default();
+                let topic_name = topic.clone();
                 topic_response.name = TopicName(text(topic));
                 for (index, offset) in partitions {
                     let (committed, epoch, metadata) = fetched(offset);
@@ -349,6 +350,12 @@ pub(super) fn offset_fetch(broker: &Arc<Broker>, request: &RequestFrame) -> Resu
                     partition.partition_index = index;
                     partition.committed_offset = committed;
                     partition.committed_leader_epoch = epoch;
+                    // Offsets an open transaction will change are not stable yet (KIP-447).
+                    if body.require_stable
+                        && broker.groups().has_pending_offset(group.group_id.0.as_str(), &topic_name, index)
+                    {
+                        partition.error_code = ResponseError::UnstableOffsetCommit.code();
+                    }
                     partition.metadata = Some(text(metadata));
                     topic_response.partitions.push(partition);
                 }
@@ -364,6 +371,7 @@ pub(super) fn offset_fetch(broker: &Arc<Broker>, request: &RequestFrame) -> Resu
         .map(|topics| topics.iter().map(|t| (string(&t.name.0), t.partition_indexes.clone())).collect());
     for (topic, partitions) in broker.groups().fetch_offsets(body.group_id.0.as_str(), topics.as_deref()) {
         let mut topic_response = OffsetFetchResponseTopic::default();
+        let topic_name = topic.clone();
         topic_response.name = TopicName(text(topic));
         for (index, offset) in partitions {
             let (committed, epoch, metadata) = fetched(offset);
@@ -371,6 +379,12 @@ pub(super) fn offset_fetch(broker: &Arc<Broker>, request: &RequestFrame) -> Resu
             partition.partition_index = index;
             partition.committed_offset = committed;
             partition.committed_leader_epoch = epoch;
+            if version >= 7
+                && body.require_stable
+                && broker.groups().has_pending_offset(body.group_id.0.as_str(), &topic_name, index)
+            {
+                partition.error_code = ResponseError::UnstableOffsetCommit.code();
+            }
             partition.metadata = Some(text(metadata));
             topic_response.partitions.push(partition);
         }

@@ -37,6 +37,10 @@ pub(super) fn handle(broker: &Arc<Broker>, request: &RequestFrame) -> Result<Rep
                 Some(_) if requested.current_leader_epoch > 0 => {
                     out.error_code = ResponseError::UnknownLeaderEpoch.code()
                 }
+                // read_committed (isolation level 1, v2+) sees the log end as the last stable offset.
+                Some(partition) if version >= 2 && body.isolation_level == 1 && requested.timestamp == LATEST => {
+                    out.offset = partition.log().last_stable_offset();
+                }
                 Some(partition) => match lookup(&mut partition.log(), requested.timestamp) {
                     Ok(Some((offset, timestamp))) => {
                         out.offset = offset;

@@ -10,6 +10,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 mod producer_ids;
+mod transactions;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -86,6 +87,12 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, request: RequestFrame) -> Res
             ApiKey::DeleteGroups => groups::delete_groups(broker, &request),
             ApiKey::OffsetDelete => groups::offset_delete(broker, &request),
             ApiKey::InitProducerId => producer_ids::init_producer_id(broker, &request),
+            ApiKey::AddPartitionsToTxn => transactions::add_partitions_to_txn(broker, &request),
+            ApiKey::AddOffsetsToTxn => transactions::add_offsets_to_txn(broker, &request),
+            ApiKey::EndTxn => transactions::end_txn(broker, &request),
+            ApiKey::TxnOffsetCommit => transactions::txn_offset_commit(broker, &request),
+            ApiKey::ListTransactions => transactions::list_transactions(broker, &request),
+            ApiKey::DescribeTransactions => transactions::describe_transactions(broker, &request),
             _ => Err(FrameError::BadBody { api, version: request.api_version, message: "not served".to_string() }),
         }
     }

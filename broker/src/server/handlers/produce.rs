@@ -13,6 +13,7 @@ use super::{storage_error_code, text, Reply};
 use crate::broker::Partition;
 use crate::metadata::validate_topic_name;
 use crate::protocol::frame::{decode_body, encode_response, FrameError, RequestFrame};
+use crate::txn::TxnError;
 use crate::Broker;
 
 pub(super) fn handle(broker: &Arc<Broker>, request: &RequestFrame) -> Result<Reply, FrameError> {
@@ -126,11 +127,33 @@ fn append(broker: &Broker, topic: &str, index: i32, records: Option<&Bytes>) -> 
     let Some(records) = records else {
         return Err((ResponseError::CorruptMessage.code(), "null record set".to_string()));
     };
+    check_transactional(broker, topic, index, records)?;
     let info = partition.log().append(records).map_err(|e| {
         let code = storage_error_code(&e);
         (code, e.to_string())
     })?;
     Ok((partition, info))
+}
+
+/// Refuses control batches (only the transaction coordinator writes markers) and
+/// transactional batches that are not part of their producer's open transaction.
+fn check_transactional(broker: &Broker, topic: &str, index: i32, records: &[u8]) -> Result<(), (i16, String)> {
+    // The header's attributes are all that is needed; a malformed batch is left to the log's
+    // own validation, which reports it precisely.
+    let Ok(header) = crate::protocol::batch::BatchHeader::parse(records) else { return Ok(()) };
+    if header.is_control() {
+        return Err((ResponseError::InvalidRecord.code(), "clients may not write control batches".to_string()));
+    }
+    if !header.is_transactional() {
+        return Ok(());
+    }
+    broker.txns().check_produce(header.producer_id, header.producer_epoch, topic, index).map_err(|error| {
+        let code = match error {
+            TxnError::ProducerFenced => ResponseError::InvalidProducerEpoch.code(),
+            other => other.code(false),
+        };
+        (code, format!("transactional produce refused: {error}"))
+    })
 }
 
 /// Produce v0–2 carry message-format v0/v1 sets, which Runnel does not store. They are

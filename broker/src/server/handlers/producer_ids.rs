@@ -1,12 +1,12 @@
 //! InitProducerId for idempotent producers.
 //!
 //! Every call gets a fresh producer id with epoch 0, as Kafka does for producers without a
-//! transactional id. Transactional ids are refused until the transaction coordinator lands.
+//! transactional id. Transactional ids go to the transaction coordinator
+//! (`transactions.rs`).
 
 use std::sync::Arc;
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
-use kafka_protocol::ResponseError;
 
 use super::{error_code, respond, Reply};
 use crate::protocol::frame::{decode_body, FrameError, RequestFrame};
@@ -14,20 +14,19 @@ use crate::Broker;
 
 pub(super) fn init_producer_id(broker: &Arc<Broker>, request: &RequestFrame) -> Result<Reply, FrameError> {
     let body: InitProducerIdRequest = decode_body(request)?;
+    if let Some(transactional_id) = &body.transactional_id {
+        let transactional_id = transactional_id.0.to_string();
+        return super::transactions::init_producer_id(broker, request, &body, &transactional_id);
+    }
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
-    if body.transactional_id.is_some() {
-        tracing::warn!("transactional producer refused: transactions are not supported yet");
-        response.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
-    } else {
-        match broker.allocate_producer_id() {
-            Ok(id) => {
-                response.producer_id = ProducerId(id);
-                response.producer_epoch = 0;
-            }
-            Err(e) => response.error_code = error_code(&e).0,
+    match broker.allocate_producer_id() {
+        Ok(id) => {
+            response.producer_id = ProducerId(id);
+            response.producer_epoch = 0;
         }
+        Err(e) => response.error_code = error_code(&e).0,
     }
     respond(request, &response)
 }
@@ -55,10 +54,5 @@ mod tests {
             }
             drop(broker);
         }
-        let (_dir, broker) = broker();
-        let mut transactional = InitProducerIdRequest::default();
-        transactional.transactional_id = Some(kafka_protocol::messages::TransactionalId(super::super::text("tx")));
-        let response: InitProducerIdResponse = call(&broker, ApiKey::InitProducerId, 4, &transactional).await;
-        assert_eq!(response.error_code, ResponseError::TransactionalIdAuthorizationFailed.code());
     }
 }
