@@ -95,8 +95,8 @@ log "plugins/build.sh (WASM plugins, their native tests)"
 bash "$repo_root/plugins/build.sh"
 
 target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
-log "cargo build --release --bins (target: $target_dir)"
-cargo build --release --bins
+log "cargo build --release --bins --examples (target: $target_dir)"
+cargo build --release --bins --examples
 if [ "${RUNNEL_SKIP_RUST_TESTS:-0}" != "1" ]; then
     log "cargo test --workspace --release"
     cargo test --workspace --release

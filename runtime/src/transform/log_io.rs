@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use kafka_protocol::records::{Record, RecordBatchDecoder};
-use runnel_broker::storage::StorageError;
+use runnel_broker::storage::{AbortedTxn, StorageError};
 use runnel_broker::Broker;
 
 use super::TransformError;
@@ -11,7 +11,8 @@ use super::TransformError;
 /// Bytes read per step when scanning or feeding an instance.
 pub(crate) const READ_BYTES_MAX: usize = 1024 * 1024;
 
-/// Reads whole batches at `offset`, up to about `max_bytes`; `None` at the end of the log.
+/// Reads whole batches at `offset`, up to about `max_bytes`, as a read_committed consumer
+/// would see them; `None` at the end of the log.
 /// An offset below the log start (retention removed it) reads from the log start instead.
 pub(crate) fn read_from(
     broker: &Broker,
@@ -19,7 +20,7 @@ pub(crate) fn read_from(
     partition: i32,
     offset: i64,
     max_bytes: usize,
-) -> Result<Option<(i64, Bytes)>, TransformError> {
+) -> Result<Option<Slice>, TransformError> {
     let handle = broker
         .partition(topic, partition)
         .ok_or_else(|| TransformError::UnknownPartition { topic: topic.to_string(), partition })?;
@@ -35,7 +36,9 @@ pub(crate) fn read_from(
         );
         offset = log.log_start_offset();
     }
-    if offset >= log.high_watermark() {
+    // read_committed: an open transaction holds everything from its first offset back.
+    let upper = log.last_stable_offset();
+    if offset >= upper {
         return Ok(None);
     }
     let slice = match log.read(offset, max_bytes) {
@@ -44,9 +47,19 @@ pub(crate) fn read_from(
         Err(StorageError::OffsetOutOfRange { .. }) => return Ok(None),
         Err(e) => return Err(TransformError::Storage(e.to_string())),
     };
+    let aborted = if log.has_aborted_transactions() { log.aborted_transactions(offset, upper) } else { Vec::new() };
     drop(log);
     let bytes = slice.read().map_err(|e| TransformError::Storage(e.to_string()))?;
-    Ok(Some((offset, bytes)))
+    Ok(Some(Slice { from: offset, bytes, upper, aborted }))
+}
+
+/// Batches read from a partition: from `from`, committed data below `upper` (the last stable
+/// offset), and the aborted transactions in that range (their batches are skipped).
+pub(crate) struct Slice {
+    pub(crate) from: i64,
+    pub(crate) bytes: Bytes,
+    pub(crate) upper: i64,
+    pub(crate) aborted: Vec<AbortedTxn>,
 }
 
 /// Calls `apply` with every record of a partition from its start to its end, in order.
@@ -57,7 +70,7 @@ pub(crate) fn scan(
     mut apply: impl FnMut(&Record) -> Result<(), TransformError>,
 ) -> Result<(), TransformError> {
     let mut offset = 0;
-    while let Some((from, mut bytes)) = read_from(broker, topic, partition, offset, READ_BYTES_MAX)? {
+    while let Some(Slice { from, mut bytes, .. }) = read_from(broker, topic, partition, offset, READ_BYTES_MAX)? {
         offset = from;
         let start = offset;
         while !bytes.is_empty() {

@@ -9,19 +9,17 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
+use super::log_io::Slice;
 use super::processor::InRecord;
 use super::TransformError;
 
 /// Decodes every data record at or after `from_offset` in `bytes` (whole batches as the log
 /// stores them), at most `max_records`. Control batches (transaction markers) are skipped.
 /// Returns the records and the offset to read next.
-pub(crate) fn decode_input(
-    mut bytes: Bytes,
-    from_offset: i64,
-    max_records: usize,
-) -> Result<(Vec<InRecord>, i64), TransformError> {
+pub(crate) fn decode_input(slice: &Slice, max_records: usize) -> Result<(Vec<InRecord>, i64), TransformError> {
+    let mut bytes = slice.bytes.clone();
     let mut records = Vec::new();
-    let mut next = from_offset;
+    let mut next = slice.from;
     while bytes.len() >= runnel_broker::protocol::batch::BATCH_HEADER_BYTES && records.len() < max_records {
         let Some(length) = runnel_broker::protocol::batch::peek_batch_bytes(&bytes) else { break };
         if length > bytes.len() {
@@ -33,7 +31,18 @@ pub(crate) fn decode_input(
         if header.next_offset() <= next {
             continue;
         }
-        if header.is_control() {
+        // read_committed: nothing at or past the last stable offset (an open transaction).
+        if header.base_offset >= slice.upper {
+            break;
+        }
+        // Markers, and the data of aborted transactions, are not records a transform sees.
+        let aborted = header.is_transactional()
+            && slice.aborted.iter().any(|a| {
+                a.producer_id == header.producer_id
+                    && a.first_offset <= header.base_offset
+                    && header.base_offset <= a.last_offset
+            });
+        if header.is_control() || aborted {
             next = header.next_offset();
             continue;
         }
@@ -141,12 +150,13 @@ mod tests {
         let mut log = BytesMut::new();
         log.extend_from_slice(&at_offset(&batch, 100));
         log.extend_from_slice(&at_offset(&batch, 103));
-        let (records, next) = decode_input(log.clone().freeze(), 101, 100).expect("decode");
+        let slice = |bytes: Bytes, from: i64| Slice { from, bytes, upper: i64::MAX, aborted: Vec::new() };
+        let (records, next) = decode_input(&slice(log.clone().freeze(), 101), 100).expect("decode");
         assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![101, 102, 103, 104, 105]);
         assert_eq!(next, 106);
         assert_eq!(records[0].value.as_deref(), Some(&b"b"[..]));
         assert_eq!(records[0].headers, vec![("h".to_string(), None)]);
-        let (first_two, next) = decode_input(log.freeze(), 100, 2).expect("decode");
+        let (first_two, next) = decode_input(&slice(log.freeze(), 100), 2).expect("decode");
         assert_eq!((first_two.len(), next), (2, 102));
     }
 
@@ -155,7 +165,8 @@ mod tests {
         let batch = at_offset(&encode_batch(&[outgoing("a")], None).expect("encode"), 5);
         let mut bytes = batch.to_vec();
         bytes.extend_from_slice(&batch[..batch.len() - 3]);
-        let (records, next) = decode_input(Bytes::from(bytes), 0, 100).expect("decode");
+        let slice = Slice { from: 0, bytes: Bytes::from(bytes), upper: i64::MAX, aborted: Vec::new() };
+        let (records, next) = decode_input(&slice, 100).expect("decode");
         assert_eq!((records.len(), next), (1, 6));
     }
 }

@@ -364,8 +364,8 @@ impl Instance {
     fn read_batch(&self, next: i64) -> Result<Option<(Vec<InRecord>, i64)>, TransformError> {
         let read =
             log_io::read_from(&self.broker, &self.spec.input, self.shared.partition, next, log_io::READ_BYTES_MAX)?;
-        let Some((from, bytes)) = read else { return Ok(None) };
-        let (records, after) = decode_input(bytes, from, BATCH_RECORDS_MAX)?;
+        let Some(slice) = read else { return Ok(None) };
+        let (records, after) = decode_input(&slice, BATCH_RECORDS_MAX)?;
         if after <= next && records.is_empty() {
             return Ok(None);
         }
