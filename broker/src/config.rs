@@ -354,12 +354,13 @@ impl BrokerConfig {
                 self.offsets_retention_minutes =
                     value.trim().parse().ok().filter(|n: &i64| *n > 0).ok_or_else(|| invalid("must be positive"))?
             }
-            "log.cleaner.enable" => self.cleaner.enable = value.parse().map_err(|_| invalid("must be true or false"))?,
+            "log.cleaner.enable" => {
+                self.cleaner.enable = value.parse().map_err(|_| invalid("must be true or false"))?
+            }
             "log.cleaner.threads" => {
                 // Two cleaners per core at most: more only adds contention on a small machine.
-                self.cleaner.threads = parse_positive(value)
-                    .filter(|n| *n <= 64)
-                    .ok_or_else(|| invalid("must be between 1 and 64"))?
+                self.cleaner.threads =
+                    parse_positive(value).filter(|n| *n <= 64).ok_or_else(|| invalid("must be between 1 and 64"))?
             }
             "log.cleaner.dedupe.buffer.size" => {
                 // Kafka's minimum is 1 MiB; tests use less to force many passes, so allow 1 KiB.

@@ -24,6 +24,7 @@ pub mod server;
 pub mod storage;
 
 mod broker;
+mod log_cleaner;
 mod metrics;
 
 pub use broker::{Broker, BrokerError};

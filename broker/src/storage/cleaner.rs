@@ -53,7 +53,9 @@ pub enum CleanerError {
     Storage(#[from] StorageError),
     #[error("corrupt batch in {path} at position {position}: {reason}")]
     Corrupt { path: PathBuf, position: u64, reason: String },
-    #[error("a batch of {records} records does not fit the key map ({capacity} keys): raise log.cleaner.dedupe.buffer.size")]
+    #[error(
+        "a batch of {records} records does not fit the key map ({capacity} keys): raise log.cleaner.dedupe.buffer.size"
+    )]
     MapTooSmall { records: usize, capacity: usize },
     #[error("the cleaning pass was stopped")]
     Stopped,
@@ -135,6 +137,9 @@ pub(crate) enum CrashPoint {
 #[derive(Debug)]
 pub struct Cleaner {
     map: KeyMap,
+    /// Whether cleaned files are fsynced before the swap. Only tests turn it off (fsyncs
+    /// dominate their run time); the crash tests keep it on.
+    fsync: bool,
     #[cfg(test)]
     pub(crate) crash: Option<CrashPoint>,
 }
@@ -150,13 +155,12 @@ pub fn cleaning_priority(log: &PartitionLog, state: &PartitionCleanState, now_ms
     let segments = log.sealed_segments();
     let (first_dirty, first_uncleanable) = dirty_bounds(&segments, state, config, now_ms)?;
     let clean_bytes: u64 = segments.iter().filter(|s| s.next_offset <= first_dirty).map(|s| s.size).sum();
-    let dirty: Vec<&SealedSegment> = segments
-        .iter()
-        .filter(|s| s.next_offset > first_dirty && s.base_offset < first_uncleanable)
-        .collect();
+    let dirty: Vec<&SealedSegment> =
+        segments.iter().filter(|s| s.next_offset > first_dirty && s.base_offset < first_uncleanable).collect();
     let dirty_bytes: u64 = dirty.iter().map(|s| s.size).sum();
     let horizon_due = state.tombstone_horizon_ms.is_some_and(|h| now_ms >= h);
-    let lag_exceeded = dirty.first().is_some_and(|s| now_ms.saturating_sub(s.max_timestamp) > config.compaction.max_compaction_lag_ms);
+    let lag_exceeded =
+        dirty.first().is_some_and(|s| now_ms.saturating_sub(s.max_timestamp) > config.compaction.max_compaction_lag_ms);
     let ratio = dirty_bytes as f64 / (clean_bytes + dirty_bytes).max(1) as f64;
     if horizon_due || (dirty_bytes > 0 && lag_exceeded) {
         return Some(1.0);
@@ -192,9 +196,16 @@ impl Cleaner {
     pub fn new(dedupe_buffer_bytes: usize) -> Cleaner {
         Cleaner {
             map: KeyMap::with_budget(dedupe_buffer_bytes),
+            fsync: true,
             #[cfg(test)]
             crash: None,
         }
+    }
+
+    /// A cleaner that skips fsyncs: for tests that do not simulate power loss.
+    #[cfg(test)]
+    pub(crate) fn without_fsync(dedupe_buffer_bytes: usize) -> Cleaner {
+        Cleaner { fsync: false, ..Cleaner::new(dedupe_buffer_bytes) }
     }
 
     /// Runs one pass over the partition behind `lock` (see the module docs). `stop` is polled
@@ -335,7 +346,7 @@ impl Cleaner {
         }
         let Some(out) = out else { return Ok(()) };
         let (offsets, times) = index.finish(segment.max_timestamp);
-        out.finish(&offsets, &times)?;
+        out.finish(&offsets, &times, self.fsync)?;
         // A re-encoded batch can come out a few bytes larger than it went in (recompression,
         // a longer timestamp delta after a delete horizon), so the segment may grow slightly.
         #[cfg(test)]
@@ -352,7 +363,9 @@ impl Cleaner {
             discard(dir, segment.base_offset);
             return Ok(());
         }
-        sync_dir(dir);
+        if self.fsync {
+            sync_dir(dir);
+        }
         stats.segments_rewritten += 1;
         stats.bytes_written += out_position;
         stats.bytes_replaced += segment.size;
@@ -477,10 +490,7 @@ impl<'a> SegmentScan<'a> {
         let remaining = (self.segment.size - at) as usize;
         let want = need.max(READ_CHUNK_BYTES).min(remaining);
         self.buf.resize(want, 0);
-        self.segment
-            .log
-            .read_exact_at(&mut self.buf, at)
-            .map_err(|e| CleanerError::io(&self.segment.log_path, e))?;
+        self.segment.log.read_exact_at(&mut self.buf, at).map_err(|e| CleanerError::io(&self.segment.log_path, e))?;
         self.buf_position = at;
         Ok(())
     }
@@ -518,7 +528,11 @@ impl IndexBuilder {
 
     fn add(&mut self, position: u64, header: &BatchHeader) {
         if let Some(last) = self.last_offset {
-            assert!(header.base_offset > last, "offsets strictly increase in a cleaned segment ({last} then {})", header.base_offset);
+            assert!(
+                header.base_offset > last,
+                "offsets strictly increase in a cleaned segment ({last} then {})",
+                header.base_offset
+            );
         }
         self.last_offset = Some(header.last_offset());
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
@@ -589,16 +603,20 @@ impl CleanedWriter {
     }
 
     /// Flushes the log and writes both indexes; all three are fsynced before any rename.
-    fn finish(self, offsets: &[OffsetEntry], times: &[TimeEntry]) -> Result<(), CleanerError> {
+    fn finish(self, offsets: &[OffsetEntry], times: &[TimeEntry], fsync: bool) -> Result<(), CleanerError> {
         let file = self.log.into_inner().map_err(|e| CleanerError::io(&self.log_path, e.into_error()))?;
-        file.sync_all().map_err(|e| CleanerError::io(&self.log_path, e))?;
+        if fsync {
+            file.sync_all().map_err(|e| CleanerError::io(&self.log_path, e))?;
+        }
         let index: Vec<u8> = offsets.iter().flat_map(|e| e.encode()).collect();
         let time_index: Vec<u8> = times.iter().flat_map(|e| e.encode()).collect();
         for (extension, bytes) in [("index", index), ("timeindex", time_index)] {
             let path = cleaned_path(&self.dir, self.base_offset, extension, "cleaned");
             let mut file = File::create(&path).map_err(|e| CleanerError::io(&path, e))?;
             file.write_all(&bytes).map_err(|e| CleanerError::io(&path, e))?;
-            file.sync_all().map_err(|e| CleanerError::io(&path, e))?;
+            if fsync {
+                file.sync_all().map_err(|e| CleanerError::io(&path, e))?;
+            }
         }
         Ok(())
     }
@@ -609,14 +627,20 @@ impl CleanedWriter {
 fn commit_swap(dir: &Path, base_offset: i64, crash: Option<CrashPointOrNone>) -> Result<(), StorageError> {
     let rename = |from: &Path, to: &Path| std::fs::rename(from, to).map_err(|e| StorageError::io(from, e));
     for extension in EXTENSIONS {
-        rename(&cleaned_path(dir, base_offset, extension, "cleaned"), &cleaned_path(dir, base_offset, extension, "swap"))?;
+        rename(
+            &cleaned_path(dir, base_offset, extension, "cleaned"),
+            &cleaned_path(dir, base_offset, extension, "swap"),
+        )?;
     }
     crash_here(crash, 1)?;
     for extension in EXTENSIONS {
         if extension == "log" {
             crash_here(crash, 2)?;
         }
-        rename(&cleaned_path(dir, base_offset, extension, "swap"), &dir.join(segment_file_name(base_offset, extension)))?;
+        rename(
+            &cleaned_path(dir, base_offset, extension, "swap"),
+            &dir.join(segment_file_name(base_offset, extension)),
+        )?;
     }
     Ok(())
 }
@@ -630,7 +654,10 @@ type CrashPointOrNone = std::convert::Infallible;
 fn crash_here(crash: Option<CrashPointOrNone>, step: u8) -> Result<(), StorageError> {
     #[cfg(test)]
     {
-        let stop = matches!((crash, step), (Some(CrashPoint::AfterSwapRenamed), 1) | (Some(CrashPoint::AfterIndexesInstalled), 2));
+        let stop = matches!(
+            (crash, step),
+            (Some(CrashPoint::AfterSwapRenamed), 1) | (Some(CrashPoint::AfterIndexesInstalled), 2)
+        );
         if stop {
             return Err(StorageError::io(Path::new("<crash point>"), std::io::Error::other("simulated crash")));
         }

@@ -114,7 +114,12 @@ fn consume_all(log: &mut PartitionLog) -> Vec<Seen> {
             let set = RecordBatchDecoder::decode(&mut bytes.slice(range)).expect("a client decodes it");
             for record in set.records {
                 if let Some(last) = seen.last() {
-                    assert!(record.offset > last.offset, "offsets strictly increase: {} after {}", record.offset, last.offset);
+                    assert!(
+                        record.offset > last.offset,
+                        "offsets strictly increase: {} after {}",
+                        record.offset,
+                        last.offset
+                    );
                 }
                 let key = record.key.map(|k| k.to_vec()).unwrap_or_default();
                 seen.push(Seen { offset: record.offset, key, value: record.value.map(|v| v.to_vec()) });
@@ -137,7 +142,11 @@ fn check_against_model(log: &mut PartitionLog, model: &Model, clean_below: i64, 
     let mut cleaned_keys = std::collections::BTreeSet::new();
     for record in &seen {
         if record.offset < clean_below {
-            assert!(cleaned_keys.insert(record.key.clone()), "seed {seed}: key {:?} twice in the cleaned region", record.key);
+            assert!(
+                cleaned_keys.insert(record.key.clone()),
+                "seed {seed}: key {:?} twice in the cleaned region",
+                record.key
+            );
         }
         last_seen.insert(record.key.clone(), record.clone());
     }
@@ -161,7 +170,12 @@ fn lock(log: &Mutex<PartitionLog>) -> MutexGuard<'_, PartitionLog> {
 }
 
 /// Runs passes until the partition needs none (bounded).
-fn clean_until_done(cleaner: &mut Cleaner, log: &Mutex<PartitionLog>, state: &mut PartitionCleanState, now_ms: i64) -> Vec<CleanStats> {
+fn clean_until_done(
+    cleaner: &mut Cleaner,
+    log: &Mutex<PartitionLog>,
+    state: &mut PartitionCleanState,
+    now_ms: i64,
+) -> Vec<CleanStats> {
     let mut passes = Vec::new();
     for _ in 0..10_000 {
         if cleaning_priority(&lock(log), state, now_ms).is_none() {
@@ -195,7 +209,7 @@ fn random_updates_clean_to_the_model_and_tombstones_expire_after_their_horizon()
             append_random(&mut lock(&log), &mut rng, &mut model, keys, clock.now_ms());
             clock.advance(rng.below(3) as i64);
         }
-        let mut cleaner = Cleaner::new(1 << 20);
+        let mut cleaner = Cleaner::without_fsync(1 << 20);
         let mut state = PartitionCleanState::load(dir.path());
         let passes = clean_until_done(&mut cleaner, &log, &mut state, clock.now_ms());
         assert!(!passes.is_empty(), "seed {seed}: a dirty compacted log is cleaned");
@@ -230,7 +244,7 @@ fn random_updates_clean_to_the_model_and_tombstones_expire_after_their_horizon()
 
 #[test]
 fn a_tiny_key_map_takes_many_passes_and_converges() {
-    for seed in 100..106u64 {
+    for seed in 100..103u64 {
         let mut rng = Rng(seed);
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = Arc::new(ManualClock::new(0));
@@ -240,7 +254,7 @@ fn a_tiny_key_map_takes_many_passes_and_converges() {
             append_random(&mut lock(&log), &mut rng, &mut model, 300, clock.now_ms());
         }
         // 40 slots hold 36 keys: far fewer than the 300 keys of the dirty section.
-        let mut cleaner = Cleaner::new(ENTRY_BYTES * 40);
+        let mut cleaner = Cleaner::without_fsync(ENTRY_BYTES * 40);
         let mut state = PartitionCleanState::load(dir.path());
         let passes = clean_until_done(&mut cleaner, &log, &mut state, clock.now_ms());
         let full = passes.iter().filter(|p| p.map_was_full).count();
@@ -315,7 +329,7 @@ fn appends_and_fetches_during_cleaning_lose_nothing() {
             }
         })
     };
-    let mut cleaner = Cleaner::new(1 << 20);
+    let mut cleaner = Cleaner::without_fsync(1 << 20);
     let mut state = PartitionCleanState::load(dir.path());
     let mut passes = 0;
     while !writer.is_finished() || passes == 0 {

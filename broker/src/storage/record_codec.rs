@@ -73,7 +73,14 @@ pub(crate) fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<RecordVie
         if value_length >= 0 && value_length as usize > record.len() {
             return Err(malformed("value runs past the record"));
         }
-        records.push(RecordView { attributes, timestamp_delta, offset_delta, key, is_tombstone: value_length < 0, tail });
+        records.push(RecordView {
+            attributes,
+            timestamp_delta,
+            offset_delta,
+            key,
+            is_tombstone: value_length < 0,
+            tail,
+        });
     }
     if !records_bytes.is_empty() {
         return Err(malformed("bytes after the last record"));
