@@ -9,6 +9,7 @@
 //! ```
 
 mod ceiling;
+pub mod compaction;
 mod kafka;
 
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub enum BenchCommand {
     E2e(E2eArgs),
     /// Everything in one run: ceiling, produce acks=1 and acks=all, consume, e2e at half peak
     All(BenchArgs),
+    /// Log cleaner throughput (MB/s read and written, share kept) on a generated log, in process
+    Compaction(compaction::CompactionArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -138,6 +141,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             report_latency(args.rate, latency);
         }
         BenchCommand::All(args) => run_all(args)?,
+        BenchCommand::Compaction(args) => compaction::report(&args)?,
     }
     Ok(())
 }

@@ -125,12 +125,12 @@ pub struct CleanStats {
 #[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CrashPoint {
-    /// The `.cleaned` files are written and fsynced; nothing renamed.
-    AfterCleaned,
-    /// Every `.cleaned` file is renamed to `.swap`.
-    AfterSwapRenamed,
-    /// The index files are in place; the log is still `.log.swap`.
-    AfterIndexesInstalled,
+    /// After the `.cleaned` files are written and fsynced; nothing renamed.
+    Cleaned,
+    /// After every `.cleaned` file is renamed to `.swap`.
+    SwapRenamed,
+    /// After the index files are in place; the log is still `.log.swap`.
+    IndexesInstalled,
 }
 
 /// One cleaner thread: its key map and read buffer, reused from pass to pass.
@@ -350,7 +350,7 @@ impl Cleaner {
         // A re-encoded batch can come out a few bytes larger than it went in (recompression,
         // a longer timestamp delta after a delete horizon), so the segment may grow slightly.
         #[cfg(test)]
-        if self.crash == Some(CrashPoint::AfterCleaned) {
+        if self.crash == Some(CrashPoint::Cleaned) {
             return Err(CleanerError::Stopped);
         }
         #[cfg(test)]
@@ -654,10 +654,8 @@ type CrashPointOrNone = std::convert::Infallible;
 fn crash_here(crash: Option<CrashPointOrNone>, step: u8) -> Result<(), StorageError> {
     #[cfg(test)]
     {
-        let stop = matches!(
-            (crash, step),
-            (Some(CrashPoint::AfterSwapRenamed), 1) | (Some(CrashPoint::AfterIndexesInstalled), 2)
-        );
+        let stop =
+            matches!((crash, step), (Some(CrashPoint::SwapRenamed), 1) | (Some(CrashPoint::IndexesInstalled), 2));
         if stop {
             return Err(StorageError::io(Path::new("<crash point>"), std::io::Error::other("simulated crash")));
         }

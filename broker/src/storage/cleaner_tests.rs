@@ -10,7 +10,7 @@ use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 use super::cleaner::{cleaning_priority, CleanStats, Cleaner, CrashPoint, PartitionCleanState};
 use super::keymap::ENTRY_BYTES;
-use super::record_codec::tests::client_batch;
+use super::record_codec::tests::{client_batch, KeyValue};
 use super::*;
 use crate::config::{CompactionConfig, LogConfig};
 use crate::protocol::batch::split_batches;
@@ -89,8 +89,7 @@ fn append_random(log: &mut PartitionLog, rng: &mut Rng, model: &mut Model, keys:
         let value = (rng.below(8) != 0).then(|| format!("v{}", rng.next()).into_bytes());
         records.push((key, value));
     }
-    let borrowed: Vec<(Option<&[u8]>, Option<&[u8]>)> =
-        records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
+    let borrowed: Vec<KeyValue<'_>> = records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
     let codec = CODECS[rng.below(CODECS.len() as u64) as usize];
     let info = log.append(&client_batch(&borrowed, now_ms, codec)).expect("append");
     for (i, (key, value)) in records.into_iter().enumerate() {
@@ -266,7 +265,7 @@ fn a_tiny_key_map_takes_many_passes_and_converges() {
 
 #[test]
 fn a_crash_at_any_swap_step_is_recovered_on_reopen() {
-    for crash in [CrashPoint::AfterCleaned, CrashPoint::AfterSwapRenamed, CrashPoint::AfterIndexesInstalled] {
+    for crash in [CrashPoint::Cleaned, CrashPoint::SwapRenamed, CrashPoint::IndexesInstalled] {
         let mut rng = Rng(7);
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = Arc::new(ManualClock::new(0));
@@ -291,7 +290,7 @@ fn a_crash_at_any_swap_step_is_recovered_on_reopen() {
             .collect();
         assert!(leftovers.is_empty(), "{crash:?}: recovery leaves no cleaner files: {leftovers:?}");
         let first_size = lock(&log).sealed_segments()[0].size;
-        if crash == CrashPoint::AfterCleaned {
+        if crash == CrashPoint::Cleaned {
             assert_eq!(first_size, sizes_before[0], "an uncommitted swap is discarded");
         } else {
             assert!(first_size < sizes_before[0], "{crash:?}: a committed swap is finished");

@@ -230,12 +230,11 @@ pub(crate) mod tests {
     use super::*;
     use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
+    /// A record as a test writes it: key and value, either may be null.
+    pub(crate) type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
     /// Encodes `(key, value)` records with `kafka-protocol`, as a client would send them.
-    pub(crate) fn client_batch(
-        records: &[(Option<&[u8]>, Option<&[u8]>)],
-        timestamp: i64,
-        compression: Compression,
-    ) -> BytesMut {
+    pub(crate) fn client_batch(records: &[KeyValue<'_>], timestamp: i64, compression: Compression) -> BytesMut {
         let records: Vec<Record> = records
             .iter()
             .enumerate()
