@@ -34,8 +34,8 @@ pub struct CompactionArgs {
     /// Batch compression: none, gzip, snappy, lz4, zstd
     #[arg(long, default_value = "none")]
     pub compression: String,
-    /// segment.bytes of the generated log
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    /// segment.bytes of the generated log (the active, last segment is never cleaned)
+    #[arg(long, default_value_t = 1024 * 1024)]
     pub segment_bytes: u64,
     /// log.cleaner.dedupe.buffer.size: the key map's budget (small values force several passes)
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
@@ -181,6 +181,9 @@ pub fn run(args: &CompactionArgs) -> anyhow::Result<CompactionResult> {
 pub fn report(args: &CompactionArgs) -> anyhow::Result<()> {
     let result = run(args)?;
     let stats = &result.stats;
+    if result.passes == 0 {
+        anyhow::bail!("nothing was cleanable: the log fits in its active segment; lower --segment-bytes");
+    }
     let read = stats.map_bytes_read + stats.bytes_read;
     println!(
         "compaction: {} passes in {:.2} s; read {:.1} MB = {:.1} MB/s (key map {:.1} MB, rewrite {:.1} MB); \

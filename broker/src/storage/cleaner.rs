@@ -237,6 +237,12 @@ impl Cleaner {
             }
             self.clean_segment(lock, &dir, segment, &config, now_ms, stop, &mut stats, &mut horizon)?;
         }
+        // One directory fsync makes the pass's renames durable before the checkpoint moves. A
+        // rename lost to a power failure only brings back an older, valid version of a
+        // segment (recovery finishes or discards half-done swaps), never a broken one.
+        if self.fsync && stats.segments_rewritten > 0 {
+            sync_dir(&dir);
+        }
         // Tombstones past the cleaned range are not stamped yet: their horizon is set by the
         // pass that first cleans them.
         *state = PartitionCleanState { first_dirty_offset: end_offset, tombstone_horizon_ms: horizon };
@@ -362,9 +368,6 @@ impl Cleaner {
             tracing::debug!(base_offset = segment.base_offset, "segment changed while cleaning; discarding");
             discard(dir, segment.base_offset);
             return Ok(());
-        }
-        if self.fsync {
-            sync_dir(dir);
         }
         stats.segments_rewritten += 1;
         stats.bytes_written += out_position;
