@@ -360,3 +360,64 @@ fn a_log_without_compact_is_never_cleaned() {
     }
     assert_eq!(cleaning_priority(&log, &PartitionCleanState::load(dir.path()), 0), None);
 }
+
+#[test]
+fn reads_at_removed_offsets_get_the_next_batch_and_time_lookups_still_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(0));
+    let log = Mutex::new(open(dir.path(), compacted_config(1_500), &clock));
+    let mut model = Model::default();
+    let mut rng = Rng(9);
+    for i in 0..200 {
+        append_random(&mut lock(&log), &mut rng, &mut model, 8, i * 10);
+    }
+    let mut cleaner = Cleaner::without_fsync(1 << 20);
+    let mut state = PartitionCleanState::load(dir.path());
+    clean_until_done(&mut cleaner, &log, &mut state, 10_000);
+    let kept: Vec<i64> = consume_all(&mut lock(&log)).iter().map(|s| s.offset).collect();
+    let mut log = lock(&log);
+    let end = log.log_end_offset();
+    assert!(kept.len() < model.produced.len() / 2, "cleaning removed most records");
+    for offset in log.log_start_offset()..end {
+        let bytes =
+            log.read(offset, 1).expect("read").expect("a batch at or after every offset").read().expect("reads");
+        let header = crate::protocol::batch::validate_batch(&bytes).expect("one whole batch");
+        assert!(header.last_offset() >= offset, "never a batch wholly before the offset asked for");
+        let first_kept = kept.iter().copied().find(|k| *k >= offset).expect("the last record is never removed");
+        let set = RecordBatchDecoder::decode(&mut bytes.clone()).expect("decodes");
+        let mut served_first = set.records.iter().map(|r| r.offset).find(|o| *o >= offset);
+        if served_first.is_none() {
+            // A batch keeps its last offset when its last records go (as in Kafka): a client
+            // moves on to the batch's next offset, where the next batch holds a record.
+            let next = log.read(header.next_offset(), 1).expect("read").expect("a next batch").read().expect("reads");
+            let set = RecordBatchDecoder::decode(&mut next.clone()).expect("decodes");
+            served_first = set.records.first().map(|r| r.offset);
+        }
+        assert_eq!(served_first, Some(first_kept), "offset {offset}: the next existing record comes first");
+    }
+    // Timestamps were 0, 10, 20, ...: a lookup lands on a kept record at or after the time.
+    let (found, _) = log.offset_for_timestamp(995).expect("search").expect("found");
+    assert!(kept.iter().any(|k| *k >= found), "offset {found} is at or before a kept record");
+}
+
+#[test]
+fn min_compaction_lag_holds_young_segments_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let mut config = compacted_config(1_500);
+    config.compaction.min_compaction_lag_ms = 60_000;
+    let log = Mutex::new(open(dir.path(), config, &clock));
+    let mut model = Model::default();
+    let mut rng = Rng(5);
+    for _ in 0..100 {
+        append_random(&mut lock(&log), &mut rng, &mut model, 5, clock.now_ms());
+    }
+    let mut state = PartitionCleanState::load(dir.path());
+    assert_eq!(cleaning_priority(&lock(&log), &state, clock.now_ms()), None, "everything is younger than the lag");
+    clock.advance(61_000);
+    let mut cleaner = Cleaner::without_fsync(1 << 20);
+    let passes = clean_until_done(&mut cleaner, &log, &mut state, clock.now_ms());
+    assert!(passes.iter().map(|p| p.records_removed).sum::<u64>() > 0, "old enough now");
+    let clean_below = active_base(&lock(&log));
+    check_against_model(&mut lock(&log), &model, clean_below, false, 5);
+}
