@@ -175,11 +175,23 @@ def test_committed_offsets_survive_a_restart_with_consumer_offsets_compacted(bro
     for offset in range(2, 801):
         consumer.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
     consumer.close()
+    # A deleted group leaves a tombstone for each of its offsets (and for its metadata record,
+    # when it had one: this group never joined, so it has none).
+    doomed = unique_topic("doomed")
+    other = Consumer(consumer_config(broker.bootstrap, **{"group.id": doomed, "enable.auto.commit": False}))
+    other.commit(offsets=[TopicPartition(topic, 0, 5)], asynchronous=False)
+    other.close()
+    admin.delete_consumer_groups([doomed])[doomed].result(timeout=10)
+    offsets_log = consume_partitions(broker.bootstrap, "__consumer_offsets", [0])[0]
+    tombstoned = [r.key for r in offsets_log if r.value is None and doomed.encode() in r.key]
+    assert len(tombstoned) == 1, f"the offset key of {doomed} gets a tombstone: {tombstoned}"
 
     wait_until_cleaned(broker, "__consumer_offsets")
     metrics = cleaner_metrics(broker)
     assert metrics["runnel_cleaner_records_removed"] >= 500, metrics
     broker.restart()
+    listed = admin_client(broker.bootstrap).list_consumer_groups().result(timeout=10)
+    assert doomed not in {g.group_id for g in listed.valid}, "a deleted group stays deleted"
 
     consumer = Consumer(consumer_config(broker.bootstrap, **{"group.id": group, "enable.auto.commit": False}))
     try:
