@@ -17,22 +17,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Broker {
-    /// Cleans compacted partitions until none needs it, shutdown begins or a pass fails
-    /// (retried on the next call). Blocking: run it off the async runtime. Returns the passes run.
+    /// Cleans compacted partitions until none needs it or shutdown begins; a partition whose
+    /// pass fails is skipped until the next call. Blocking: run it off the async runtime. Returns the passes run.
     pub fn clean_logs(&self) -> usize {
         let threads = self.config.cleaner.threads.max(1);
         let budget_bytes = self.config.cleaner.dedupe_buffer_bytes / threads;
         let mut cleaners: Vec<Cleaner> = (0..threads).map(|_| Cleaner::new(budget_bytes)).collect();
         let mut passes = 0;
+        // Partitions whose pass failed sit out the rest of this call, so one damaged partition
+        // cannot starve the others; they are retried on the next call.
+        let mut failed: Vec<Arc<Partition>> = Vec::new();
         while passes < PASSES_PER_ROUND_MAX && !self.is_stopping() {
             let now_ms = self.now_ms();
             let mut due = self.partitions_due(now_ms);
+            due.retain(|p| !failed.iter().any(|f| Arc::ptr_eq(f, p)));
             due.truncate(threads);
             if due.is_empty() {
                 break;
             }
-            let all_ok = if let ([partition], [cleaner, ..]) = (due.as_slice(), cleaners.as_mut_slice()) {
-                self.clean_partition(partition, cleaner, now_ms)
+            let outcomes: Vec<bool> = if let ([partition], [cleaner, ..]) = (due.as_slice(), cleaners.as_mut_slice()) {
+                vec![self.clean_partition(partition, cleaner, now_ms)]
             } else {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = due
@@ -42,12 +46,14 @@ impl Broker {
                             scope.spawn(move || self.clean_partition(partition, cleaner, now_ms))
                         })
                         .collect();
-                    handles.into_iter().all(|h| h.join().unwrap_or(false))
+                    handles.into_iter().map(|h| h.join().unwrap_or(false)).collect()
                 })
             };
             passes += due.len();
-            if !all_ok {
-                break;
+            for (partition, ok) in due.into_iter().zip(outcomes) {
+                if !ok {
+                    failed.push(partition);
+                }
             }
         }
         passes

@@ -110,6 +110,26 @@ def test_a_million_updates_over_ten_thousand_keys_compact_to_the_latest_values(b
     print(f"produced {UPDATES} in {produced_s:.1f} s; {len(records)} records left; cleaner {metrics}")
 
 
+def test_two_cleaner_threads_clean_two_partitions(broker_factory):
+    broker = broker_factory(sets={**CLEANER, "log.cleaner.threads": "2"})
+    topics = [compacted_topic(broker, **{"segment.bytes": "65536"}) for _ in range(2)]
+    producer = fast_producer(broker.bootstrap)
+    latest = {topic: {} for topic in topics}
+    for i in range(100_000):
+        topic = topics[i % 2]
+        key, value = f"k{i % 700}".encode(), f"{topic}-{i}".encode()
+        produce_or_wait(producer, topic, key=key, value=value, partition=0)
+        latest[topic][key] = value
+    flush_all(producer)
+    for topic in topics:
+        clean_offset = wait_until_cleaned(broker, topic)
+        records = consume_partitions(broker.bootstrap, topic, [0])[0]
+        assert {r.key: r.value for r in records} == latest[topic]
+        cleaned = [r.key for r in records if r.offset < clean_offset]
+        assert len(cleaned) == len(set(cleaned)), f"{topic}: no key twice in the cleaned region"
+        assert len(records) < 50_000 // 2
+
+
 def test_tombstones_are_readable_until_delete_retention_then_gone(broker_factory):
     broker = broker_factory(sets=CLEANER)
     retention_ms = 3000

@@ -427,7 +427,7 @@ impl Cleaner {
             return Decision::Keep;
         }
         match encode_retained(header, &kept, new_horizon.or(stamped)) {
-            Ok(bytes) => Decision::Rewrite(bytes.to_vec()),
+            Ok(bytes) => Decision::Rewrite(bytes),
             Err(e) => {
                 tracing::warn!(base_offset = header.base_offset, error = %e, "batch not cleaned: cannot re-encode it");
                 Decision::Keep
@@ -439,7 +439,7 @@ impl Cleaner {
 enum Decision {
     Keep,
     Drop,
-    Rewrite(Vec<u8>),
+    Rewrite(bytes::BytesMut),
 }
 
 fn corrupt(segment: &SealedSegment, position: u64, reason: impl std::fmt::Display) -> CleanerError {
