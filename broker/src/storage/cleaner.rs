@@ -363,7 +363,10 @@ impl Cleaner {
         let crash = self.crash;
         #[cfg(not(test))]
         let crash = None;
-        let swapped = lock().swap_cleaned_segment(segment, || commit_swap(dir, segment.base_offset, crash))?;
+        // The directory may belong to a new topic of the same name by now (the partition was
+        // deleted and created again while this pass ran): never rename into it.
+        let swapped = still_on_disk(segment)
+            && lock().swap_cleaned_segment(segment, || commit_swap(dir, segment.base_offset, crash))?;
         if !swapped {
             tracing::debug!(base_offset = segment.base_offset, "segment changed while cleaning; discarding");
             discard(dir, segment.base_offset);
@@ -666,6 +669,15 @@ fn crash_here(crash: Option<CrashPointOrNone>, step: u8) -> Result<(), StorageEr
     #[cfg(not(test))]
     let _ = (crash, step);
     Ok(())
+}
+
+/// Whether the segment's path still names the file the pass read.
+fn still_on_disk(segment: &SealedSegment) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(&segment.log_path), segment.log.metadata()) {
+        (Ok(on_disk), Ok(read)) => (on_disk.dev(), on_disk.ino()) == (read.dev(), read.ino()),
+        _ => false,
+    }
 }
 
 /// Removes the `.cleaned` and `.swap` files of one segment (best effort).
