@@ -421,3 +421,67 @@ fn min_compaction_lag_holds_young_segments_back() {
     let clean_below = active_base(&lock(&log));
     check_against_model(&mut lock(&log), &model, clean_below, false, 5);
 }
+
+/// The batches of the log, as raw bytes, in order.
+fn raw_batches(log: &mut PartitionLog) -> Vec<bytes::Bytes> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let Some(slice) = log.read(offset, 1 << 20).expect("read") else { break };
+        let bytes = slice.read().expect("reads");
+        for (header, range) in split_batches(&bytes).expect("valid") {
+            out.push(bytes.slice(range));
+            offset = header.next_offset();
+        }
+    }
+    out
+}
+
+#[test]
+fn transactional_and_control_batches_are_left_untouched() {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(0));
+    let log = Mutex::new(open(dir.path(), compacted_config(1_000), &clock));
+    let record = |offset: i64, key: &[u8], transactional: bool, control: bool, producer_id: i64| Record {
+        transactional,
+        control,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id,
+        producer_epoch: if producer_id >= 0 { 0 } else { -1 },
+        timestamp_type: TimestampType::Creation,
+        offset,
+        sequence: if producer_id >= 0 { offset as i32 } else { offset as i32 - 1 },
+        timestamp: 0,
+        key: Some(bytes::Bytes::copy_from_slice(key)),
+        value: Some(bytes::Bytes::from_static(b"old")),
+        headers: Default::default(),
+    };
+    let options = RecordEncodeOptions { version: 2, compression: Compression::Lz4 };
+    let mut transactional = bytes::BytesMut::new();
+    let records = [record(0, b"key-0", true, false, 1_000), record(1, b"key-1", true, false, 1_000)];
+    RecordBatchEncoder::encode(&mut transactional, &records, &options).expect("encodes");
+    let mut control = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(&mut control, &[record(0, b"\0\0\0\0", false, true, -1)], &options).expect("encodes");
+    lock(&log).append(&transactional).expect("append transactional");
+    lock(&log).append(&control).expect("append control");
+    let mut model = Model::default();
+    let mut rng = Rng(3);
+    for _ in 0..100 {
+        append_random(&mut lock(&log), &mut rng, &mut model, 2, 0);
+    }
+    let before: Vec<bytes::Bytes> = raw_batches(&mut lock(&log)).into_iter().take(2).collect();
+    let mut cleaner = Cleaner::without_fsync(1 << 20);
+    let mut state = PartitionCleanState::load(dir.path());
+    let passes = clean_until_done(&mut cleaner, &log, &mut state, 0);
+    assert!(passes.iter().map(|p| p.records_removed).sum::<u64>() > 0, "the plain updates were compacted");
+    let after = raw_batches(&mut lock(&log));
+    let mut kept: Vec<_> = after
+        .iter()
+        .filter(|b| crate::protocol::batch::BatchHeader::parse(b).is_ok_and(|h| h.is_transactional() || h.is_control()))
+        .cloned()
+        .collect();
+    kept.truncate(2);
+    assert_eq!(kept, before, "transactional and control batches keep every byte, even superseded keys");
+}
