@@ -115,3 +115,103 @@ impl Broker {
         metrics.tombstones_removed.inc_by(stats.tombstones_removed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+    use crate::config::BrokerConfig;
+    use crate::metadata::MetadataCommand;
+    use crate::storage::{Clock, ManualClock};
+    use crate::Broker;
+
+    fn batch(records: &[(String, Option<&str>)], timestamp: i64) -> BytesMut {
+        let records: Vec<Record> = records
+            .iter()
+            .enumerate()
+            .map(|(i, (key, value))| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: i as i32 - 1,
+                timestamp,
+                key: Some(Bytes::from(key.clone())),
+                value: value.map(|v| Bytes::from(v.to_string())),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions { version: 2, compression: Compression::Snappy };
+        RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encodes");
+        buf
+    }
+
+    fn create(broker: &Broker, name: &str, configs: &[(&str, &str)]) {
+        let configs: BTreeMap<String, String> = configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let command = MetadataCommand::CreateTopic {
+            name: name.to_string(),
+            topic_id: uuid::Uuid::new_v4().to_string(),
+            partitions: 1,
+            configs,
+        };
+        broker.propose(command).expect("topic created");
+    }
+
+    fn fill(broker: &Broker, topic: &str, now_ms: i64) {
+        let partition = broker.partition(topic, 0).expect("partition");
+        for i in 0..300 {
+            // Key "gone" is written once, then deleted; the rest are updates of ten keys.
+            let key = if i == 100 || i == 150 { "gone".to_string() } else { format!("k{}", i % 10) };
+            let value = format!("value-{i}-{}", "x".repeat(40));
+            let records = [(key, (i != 150).then_some(value.as_str()))];
+            partition.log().append(&batch(&records, now_ms)).expect("append");
+        }
+    }
+
+    #[test]
+    fn the_broker_cleans_compacted_topics_only_and_expires_tombstones_on_its_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        config.set("log.cleaner.threads", "2").expect("valid");
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let broker = Broker::open_with_clock(config, Arc::clone(&clock) as Arc<dyn Clock>).expect("opens");
+        let compact = [("cleanup.policy", "compact"), ("segment.bytes", "2048"), ("delete.retention.ms", "1000")];
+        create(&broker, "compacted", &compact);
+        create(&broker, "damaged", &compact);
+        create(&broker, "plain", &[("segment.bytes", "2048")]);
+        for topic in ["compacted", "damaged", "plain"] {
+            fill(&broker, topic, clock.now_ms());
+        }
+        // Damage the first segment of one compacted partition: its passes fail, the others go on.
+        let damaged = broker.partition("damaged", 0).expect("partition").log().dir().join(format!("{:020}.log", 0));
+        let mut bytes = std::fs::read(&damaged).expect("segment");
+        bytes[70] ^= 0xFF;
+        std::fs::write(&damaged, bytes).expect("damage");
+        let plain_before = broker.partition("plain", 0).expect("partition").log().size_bytes();
+        let compacted_before = broker.partition("compacted", 0).expect("partition").log().size_bytes();
+
+        assert!(broker.clean_logs() > 0);
+        let metrics = &broker.metrics.cleaner;
+        assert!(metrics.errors.get() >= 1, "the damaged partition's pass failed");
+        assert!(metrics.records_removed.get() > 250, "removed {}", metrics.records_removed.get());
+        assert_eq!(metrics.tombstones_removed.get(), 0, "tombstones wait for their horizon");
+        assert_eq!(broker.partition("plain", 0).expect("partition").log().size_bytes(), plain_before);
+        assert!(broker.partition("compacted", 0).expect("partition").log().size_bytes() < compacted_before / 3);
+
+        clock.advance(1_001);
+        broker.clean_logs();
+        assert_eq!(metrics.tombstones_removed.get(), 1, "the tombstone of \"gone\" goes after delete.retention.ms");
+        let errors = metrics.errors.get();
+        assert_eq!(broker.clean_logs(), 1, "only the damaged partition is due: retried once per call, not in a loop");
+        assert_eq!(metrics.errors.get(), errors + 1);
+    }
+}
