@@ -10,6 +10,7 @@
 
 mod ceiling;
 mod group;
+pub mod compaction;
 mod kafka;
 mod transform;
 
@@ -34,6 +35,8 @@ pub enum BenchCommand {
     /// WASM transforms on an embedded broker: WASM vs native closure (host and pipeline),
     /// the latency a transform adds, and produce latency while hostile modules spin
     Transform(transform::TransformArgs),
+    /// Log cleaner throughput (MB/s read and written, share kept) on a generated log, in process
+    Compaction(compaction::CompactionArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -156,6 +159,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::All(args) => run_all(args)?,
         BenchCommand::Group(args) => run_group(args)?,
         BenchCommand::Transform(args) => transform::run(args)?,
+        BenchCommand::Compaction(args) => compaction::report(&args)?,
     }
     Ok(())
 }

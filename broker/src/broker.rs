@@ -32,6 +32,8 @@ pub struct Partition {
     pub index: i32,
     log: Mutex<PartitionLog>,
     sync_lock: tokio::sync::Mutex<()>,
+    /// The log cleaner's checkpoint for this partition, loaded on its first visit.
+    pub(crate) clean_state: Mutex<Option<crate::storage::cleaner::PartitionCleanState>>,
 }
 
 impl Partition {
@@ -186,6 +188,7 @@ impl Broker {
                     index,
                     log: Mutex::new(log),
                     sync_lock: tokio::sync::Mutex::new(()),
+                    clean_state: Mutex::new(None),
                 }));
             }
         }
@@ -259,6 +262,11 @@ impl Broker {
     /// Starts shutdown: waiters such as long-polling fetches stop waiting.
     pub fn begin_shutdown(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// Whether shutdown has begun (polled by long blocking work such as a cleaner pass).
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
     }
 
     /// Resolves once shutdown has begun.

@@ -61,9 +61,11 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     // risk from a power loss to one second, at a cost the benchmark measures.
     def("flush.ms", "log.flush.interval.ms", "1000", Kind::Long { min: 0 }),
     def("index.interval.bytes", "log.index.interval.bytes", "4096", Kind::Int { min: 0 }),
+    def("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms", LONG_MAX, Kind::Long { min: 1 }),
     def("max.message.bytes", "message.max.bytes", "1048588", Kind::Int { min: 0 }),
     def("message.timestamp.type", "log.message.timestamp.type", "CreateTime", Kind::Choice(&["CreateTime"])),
     def("min.cleanable.dirty.ratio", "log.cleaner.min.cleanable.ratio", "0.5", Kind::Double),
+    def("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms", "0", Kind::Long { min: 0 }),
     def("min.insync.replicas", "min.insync.replicas", "1", Kind::Int { min: 1 }),
     def("retention.bytes", "log.retention.bytes", "-1", Kind::Long { min: -1 }),
     def("retention.ms", "log.retention.ms", "604800000", Kind::Long { min: -1 }),
@@ -130,10 +132,8 @@ impl TopicConfigDef {
             Kind::CleanupPolicy => {
                 for policy in value.split(',').map(str::trim) {
                     match policy {
-                        "delete" => {}
-                        // Compaction arrives with the log cleaner; refusing it beats silently
-                        // keeping every version of every key.
-                        "compact" => return Err(invalid("log compaction is not supported yet".into())),
+                        // Compaction is done by the log cleaner (storage/cleaner.rs).
+                        "delete" | "compact" => {}
                         _ => return Err(invalid("must be delete, compact or compact,delete".into())),
                     }
                 }
@@ -167,10 +167,59 @@ pub struct LogConfig {
     pub segment_ms: i64,
     pub retention_ms: i64,
     pub retention_bytes: i64,
+    /// `cleanup.policy` contains `compact`, and the settings the log cleaner reads.
+    pub compaction: CompactionConfig,
     pub index_interval_bytes: u64,
     pub max_message_bytes: u64,
     pub flush_messages: u64,
     pub flush_ms: i64,
+}
+
+/// A topic's compaction settings (Kafka's names in brackets); `enabled` is false unless
+/// `cleanup.policy` contains `compact`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactionConfig {
+    pub enabled: bool,
+    /// [`min.cleanable.dirty.ratio`] Dirty bytes over all sealed bytes before a clean is worth it.
+    pub min_cleanable_dirty_ratio: f64,
+    /// [`min.compaction.lag.ms`] Records younger than this are never compacted away.
+    pub min_compaction_lag_ms: i64,
+    /// [`max.compaction.lag.ms`] A dirty record older than this forces a clean, whatever the ratio.
+    pub max_compaction_lag_ms: i64,
+    /// [`delete.retention.ms`] How long a tombstone stays readable after its first clean.
+    pub delete_retention_ms: i64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            enabled: false,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            delete_retention_ms: 86_400_000,
+        }
+    }
+}
+
+/// The log cleaner's broker settings (Kafka's `log.cleaner.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanerConfig {
+    /// [`log.cleaner.enable`]
+    pub enable: bool,
+    /// [`log.cleaner.threads`] Partitions cleaned at the same time.
+    pub threads: usize,
+    /// [`log.cleaner.dedupe.buffer.size`] Bytes of key map shared by all cleaner threads: the
+    /// bound on the cleaner's memory. A dirty section with more keys is cleaned in several passes.
+    pub dedupe_buffer_bytes: usize,
+    /// [`log.cleaner.backoff.ms`] Sleep between checks when no partition needs cleaning.
+    pub backoff_ms: u64,
+}
+
+impl Default for CleanerConfig {
+    fn default() -> Self {
+        CleanerConfig { enable: true, threads: 1, dedupe_buffer_bytes: 128 * 1024 * 1024, backoff_ms: 15_000 }
+    }
 }
 
 /// The broker's own settings (from flags and `runnel.toml`).
@@ -202,6 +251,8 @@ pub struct BrokerConfig {
     pub offsets_retention_minutes: i64,
     /// The transaction coordinator's configs (`transaction.*`, `transactional.id.*`).
     pub transactions: crate::txn::TxnConfig,
+    /// The log cleaner (compaction): `log.cleaner.*`.
+    pub cleaner: CleanerConfig,
     /// Broker-level values of topic configs, by broker name (`log.segment.bytes`).
     pub topic_defaults: BTreeMap<String, String>,
 }
@@ -226,6 +277,7 @@ impl Default for BrokerConfig {
             group_max_size: 1000,
             offsets_retention_minutes: 7 * 24 * 60,
             transactions: Default::default(),
+            cleaner: CleanerConfig::default(),
             topic_defaults: BTreeMap::new(),
         }
     }
@@ -306,6 +358,23 @@ impl BrokerConfig {
                     value.trim().parse().ok().filter(|n: &i64| *n > 0).ok_or_else(|| invalid("must be positive"))?
             }
             key if crate::txn::TxnConfig::owns(key) => self.transactions.set(key, value)?,
+            "log.cleaner.enable" => {
+                self.cleaner.enable = value.parse().map_err(|_| invalid("must be true or false"))?
+            }
+            "log.cleaner.threads" => {
+                // Two cleaners per core at most: more only adds contention on a small machine.
+                self.cleaner.threads =
+                    parse_positive(value).filter(|n| *n <= 64).ok_or_else(|| invalid("must be between 1 and 64"))?
+            }
+            "log.cleaner.dedupe.buffer.size" => {
+                // Kafka's minimum is 1 MiB; tests use less to force many passes, so allow 1 KiB.
+                self.cleaner.dedupe_buffer_bytes =
+                    parse_positive(value).filter(|n| *n >= 1024).ok_or_else(|| invalid("must be at least 1024"))?
+            }
+            "log.cleaner.backoff.ms" => {
+                self.cleaner.backoff_ms =
+                    parse_positive(value).ok_or_else(|| invalid("must be a positive integer"))? as u64
+            }
             _ => {
                 let def = TOPIC_CONFIGS
                     .iter()
@@ -342,11 +411,26 @@ impl BrokerConfig {
             // Values were validated when stored; a default that fails to parse is a bug here.
             value.trim().parse().unwrap_or_else(|_| def.default.parse().expect("built-in defaults parse"))
         };
+        let policy = self.resolve(overrides, topic_config_def("cleanup.policy").expect("known config")).0;
+        let compact = policy.split(',').any(|p| p.trim() == "compact");
+        // `compact` without `delete`: nothing is deleted by age or size, only by the cleaner.
+        let delete = policy.split(',').any(|p| p.trim() == "delete");
+        let ratio = {
+            let def = topic_config_def("min.cleanable.dirty.ratio").expect("known config");
+            self.resolve(overrides, def).0.trim().parse().unwrap_or(0.5)
+        };
         LogConfig {
             segment_bytes: number("segment.bytes").max(14) as u64,
             segment_ms: number("segment.ms"),
-            retention_ms: number("retention.ms"),
-            retention_bytes: number("retention.bytes"),
+            retention_ms: if delete { number("retention.ms") } else { -1 },
+            retention_bytes: if delete { number("retention.bytes") } else { -1 },
+            compaction: CompactionConfig {
+                enabled: compact,
+                min_cleanable_dirty_ratio: ratio,
+                min_compaction_lag_ms: number("min.compaction.lag.ms"),
+                max_compaction_lag_ms: number("max.compaction.lag.ms"),
+                delete_retention_ms: number("delete.retention.ms"),
+            },
             index_interval_bytes: number("index.interval.bytes").max(0) as u64,
             max_message_bytes: number("max.message.bytes").max(0) as u64,
             flush_messages: number("flush.messages").max(1) as u64,
@@ -422,6 +506,34 @@ mod tests {
         let overrides = BTreeMap::from([("retention.ms".to_string(), "5".to_string())]);
         assert_eq!(config.log_config(&overrides).retention_ms, 5);
         assert_eq!(config.log_config(&BTreeMap::new()).retention_ms, 1000);
+    }
+
+    #[test]
+    fn compact_policies_are_accepted_and_resolved() {
+        let def = topic_config_def("cleanup.policy").expect("known");
+        for ok in ["compact", "delete", "compact,delete", "delete, compact"] {
+            def.validate(ok).expect(ok);
+        }
+        assert!(def.validate("compacted").is_err());
+        let mut config = BrokerConfig::default();
+        let overrides = BTreeMap::from([
+            ("cleanup.policy".to_string(), "compact".to_string()),
+            ("retention.ms".to_string(), "5".to_string()),
+            ("delete.retention.ms".to_string(), "7".to_string()),
+        ]);
+        let log = config.log_config(&overrides);
+        assert!(log.compaction.enabled);
+        assert_eq!(log.retention_ms, -1, "compact alone never deletes by age");
+        assert_eq!(log.compaction.delete_retention_ms, 7);
+        assert_eq!(log.compaction.min_cleanable_dirty_ratio, 0.5);
+        config.set("log.cleanup.policy", "compact,delete").expect("broker default");
+        config.set("log.cleaner.dedupe.buffer.size", "4096").expect("small map");
+        assert!(config.set("log.cleaner.threads", "0").is_err());
+        let log = config.log_config(&BTreeMap::from([("retention.ms".to_string(), "5".to_string())]));
+        assert!(log.compaction.enabled);
+        assert_eq!(log.retention_ms, 5);
+        assert_eq!(config.cleaner.dedupe_buffer_bytes, 4096);
+        assert!(!BrokerConfig::default().log_config(&BTreeMap::new()).compaction.enabled);
     }
 
     #[test]

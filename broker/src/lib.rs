@@ -27,6 +27,7 @@ pub mod storage;
 pub mod txn;
 
 mod broker;
+mod log_cleaner;
 mod metrics;
 
 pub use broker::{Broker, BrokerError, Partition};

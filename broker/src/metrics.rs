@@ -23,6 +23,36 @@ pub(crate) struct Metrics {
     pub(crate) connections: Gauge,
     pub(crate) partitions: Gauge,
     pub(crate) log_size_bytes: Gauge,
+    pub(crate) cleaner: CleanerMetrics,
+}
+
+/// The log cleaner's counters (`runnel_cleaner_*`).
+#[derive(Debug, Default)]
+pub(crate) struct CleanerMetrics {
+    pub(crate) passes: Counter,
+    pub(crate) errors: Counter,
+    pub(crate) bytes_read: Counter,
+    pub(crate) bytes_written: Counter,
+    pub(crate) segments_rewritten: Counter,
+    pub(crate) records_removed: Counter,
+    pub(crate) tombstones_removed: Counter,
+}
+
+impl CleanerMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let counters: [(&str, &str, &Counter); 7] = [
+            ("cleaner_passes", "Log cleaner passes completed", &self.passes),
+            ("cleaner_errors", "Log cleaner passes that failed", &self.errors),
+            ("cleaner_read_bytes", "Bytes the log cleaner read (key map and rewrite)", &self.bytes_read),
+            ("cleaner_written_bytes", "Bytes of cleaned segments swapped in", &self.bytes_written),
+            ("cleaner_segments_rewritten", "Segments replaced by a cleaned version", &self.segments_rewritten),
+            ("cleaner_records_removed", "Records removed because a later record has their key", &self.records_removed),
+            ("cleaner_tombstones_removed", "Tombstones removed after their delete horizon", &self.tombstones_removed),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -54,6 +84,8 @@ impl Metrics {
         registry.register("kafka_connections", "Open Kafka client connections", connections.clone());
         registry.register("partitions", "Partitions hosted by this broker", partitions.clone());
         registry.register("log_size_bytes", "Bytes of log segments on disk", log_size_bytes.clone());
+        let cleaner = CleanerMetrics::default();
+        cleaner.register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -64,6 +96,7 @@ impl Metrics {
             connections,
             partitions,
             log_size_bytes,
+            cleaner,
         }
     }
 

@@ -169,14 +169,15 @@ impl GroupCoordinator {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Creates `__consumer_offsets` (one partition) unless it exists. Compaction is not
-    /// available yet, so the topic keeps everything (`retention.ms=-1`) instead of losing
-    /// the offsets of quiet groups to time-based retention.
+    /// Creates `__consumer_offsets` (one partition) unless it exists. It is compacted, as in
+    /// Kafka: every record is keyed by group (and topic-partition), deletes are tombstones, so
+    /// the cleaner keeps the latest state of each and nothing is lost to time-based retention.
     pub(crate) fn ensure_offsets_topic(&self, broker: &Broker) -> Result<(), GroupError> {
         if broker.partition(OFFSETS_TOPIC, 0).is_some() {
             return Ok(());
         }
         let configs = [
+            ("cleanup.policy", "compact"),
             ("retention.ms", "-1"),
             ("segment.bytes", OFFSETS_TOPIC_SEGMENT_BYTES),
             ("max.message.bytes", OFFSETS_TOPIC_MAX_MESSAGE_BYTES),
@@ -757,6 +758,7 @@ impl GroupCoordinator {
     /// Empty; records that do not decode are skipped with a warning.
     pub(crate) fn load(&self, broker: &Broker) -> Result<(), StorageError> {
         let Some(partition) = broker.partition(OFFSETS_TOPIC, 0) else { return Ok(()) };
+        compact_offsets_topic(broker);
         let now_ms = broker.now_ms();
         let mut replay = Replay::default();
         {
@@ -878,6 +880,21 @@ fn partition_exists(image: &MetadataImage, topic: &str, partition: i32) -> bool 
 }
 
 /// Tombstones for everything stored about a group: its offsets and (if written) its metadata.
+/// A `__consumer_offsets` created before compaction existed keeps everything; turn its
+/// compaction on once (an explicit `cleanup.policy` set by an operator is left alone).
+fn compact_offsets_topic(broker: &Broker) {
+    let Some(topic) = broker.topic(OFFSETS_TOPIC) else { return };
+    if topic.configs.contains_key("cleanup.policy") {
+        return;
+    }
+    let set = [("cleanup.policy".to_string(), "compact".to_string())].into_iter().collect();
+    let command = MetadataCommand::AlterTopicConfig { name: OFFSETS_TOPIC.to_string(), set, delete: Vec::new() };
+    match broker.propose(command) {
+        Ok(_) => tracing::info!("{OFFSETS_TOPIC} is now compacted"),
+        Err(e) => tracing::warn!(error = %e, "cannot turn on compaction of {OFFSETS_TOPIC}"),
+    }
+}
+
 fn tombstones(group: &Group) -> Vec<KeyValue> {
     let mut records: Vec<KeyValue> =
         group.offsets().keys().map(|(t, p)| (records::offset_key(&group.id, t, *p), None)).collect();

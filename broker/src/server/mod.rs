@@ -96,6 +96,7 @@ pub async fn serve_with_routes(
         stop_rx.clone(),
     ));
     let background = tokio::spawn(background_tasks(Arc::clone(&broker), stop_rx.clone()));
+    let cleaner = tokio::spawn(cleaner_task(Arc::clone(&broker), stop_rx.clone()));
 
     let connections = Arc::new(Semaphore::new(broker.config.max_connections));
     // One request may not exceed the whole budget, or it could never be admitted.
@@ -146,6 +147,7 @@ pub async fn serve_with_routes(
         tasks.abort_all();
     }
     let _ = background.await;
+    let _ = cleaner.await;
     let broker_for_close = Arc::clone(&broker);
     let _ = tokio::task::spawn_blocking(move || broker_for_close.close()).await;
     admin.abort();
@@ -176,6 +178,26 @@ async fn background_tasks(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) 
             _ = retention.tick() => {
                 let broker = Arc::clone(&broker);
                 let _ = tokio::task::spawn_blocking(move || broker.enforce_retention()).await;
+            }
+        }
+    }
+}
+
+/// Runs the log cleaner on the blocking pool: a round every `log.cleaner.backoff.ms`, each
+/// cleaning until no compacted partition needs it. Apart from `background_tasks` so that a
+/// long pass never holds up flushes or group timers; a pass polls for shutdown and stops.
+async fn cleaner_task(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    if !broker.config.cleaner.enable {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(broker.config.cleaner.backoff_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {
+                let broker = Arc::clone(&broker);
+                let _ = tokio::task::spawn_blocking(move || broker.clean_logs()).await;
             }
         }
     }

@@ -40,7 +40,9 @@ pub struct FetchSlice {
 impl FetchSlice {
     /// Reads the slice and trims a trailing partial batch, so clients receive whole batches.
     pub fn read(&self) -> Result<Bytes> {
-        let mut buf = self.read_uninitialized().unwrap_or_else(|| BytesMut::zeroed(self.bytes));
+        // Empty when the fresh descriptor is unusable, so the read below goes through the
+        // slice's own file (a zeroed buffer of the right length would skip it).
+        let mut buf = self.read_uninitialized().unwrap_or_default();
         if buf.len() != self.bytes {
             buf = BytesMut::zeroed(self.bytes);
             self.file.read_exact_at(&mut buf, self.position).map_err(|e| StorageError::io(&self.path, e))?;
@@ -64,7 +66,14 @@ impl FetchSlice {
     /// gone (retention deleted it since); the caller then reads through its open handle.
     fn read_uninitialized(&self) -> Option<BytesMut> {
         use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
         let mut file = File::open(&self.path).ok()?;
+        // The log cleaner may have swapped a cleaned file in under the same name since: its
+        // bytes sit at other positions, so only the file this slice was cut from will do.
+        let (opened, sliced) = (file.metadata().ok()?, self.file.metadata().ok()?);
+        if (opened.dev(), opened.ino()) != (sliced.dev(), sliced.ino()) {
+            return None;
+        }
         file.seek(SeekFrom::Start(self.position)).ok()?;
         let mut buf = Vec::with_capacity(self.bytes);
         file.take(self.bytes as u64).read_to_end(&mut buf).ok()?;
@@ -113,6 +122,8 @@ impl PartitionLog {
     /// Opens (or creates) the log in `dir`, recovering the active segment's tail.
     pub fn open(dir: &Path, config: LogConfig, clock: Arc<dyn Clock>) -> Result<PartitionLog> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        // Finish or discard a log cleaner swap a crash interrupted, before segments are listed.
+        super::cleaner::recover_swaps(dir)?;
         let mut bases: Vec<i64> = std::fs::read_dir(dir)
             .map_err(|e| StorageError::io(dir, e))?
             .filter_map(|entry| entry.ok())
@@ -573,5 +584,63 @@ impl PartitionLog {
     /// Deletes the partition's directory (topic deletion).
     pub fn delete(self) -> Result<()> {
         std::fs::remove_dir_all(&self.dir).map_err(|e| StorageError::io(&self.dir, e))
+    }
+}
+
+/// A sealed segment as the log cleaner sees it (`storage/cleaner.rs`): read outside the lock
+/// through `log`, swapped back only if the segment is still this one.
+#[derive(Debug, Clone)]
+pub(crate) struct SealedSegment {
+    pub(crate) base_offset: i64,
+    pub(crate) next_offset: i64,
+    pub(crate) size: u64,
+    pub(crate) max_timestamp: i64,
+    pub(crate) log: Arc<File>,
+    pub(crate) log_path: PathBuf,
+}
+
+/// Hooks for the log cleaner; the cleaning itself lives in `storage/cleaner.rs`.
+impl PartitionLog {
+    pub(crate) fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Every segment but the active one, oldest first: the active segment is never cleaned.
+    pub(crate) fn sealed_segments(&self) -> Vec<SealedSegment> {
+        let sealed = self.segments.len().saturating_sub(1);
+        self.segments
+            .values()
+            .take(sealed)
+            .map(|s| SealedSegment {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                size: s.size,
+                max_timestamp: s.max_timestamp,
+                log: Arc::clone(&s.log),
+                log_path: s.log_path().to_path_buf(),
+            })
+            .collect()
+    }
+
+    /// Replaces `expected` by its cleaned version: if the segment is still the one the cleaner
+    /// read (same open file, same size, still sealed), runs `commit` (the renames) and reopens
+    /// it. Returns false, without running `commit`, when retention or truncation got there
+    /// first. Readers holding the old `Arc<File>` keep reading the old, unlinked file.
+    pub(crate) fn swap_cleaned_segment(
+        &mut self,
+        expected: &SealedSegment,
+        commit: impl FnOnce() -> Result<()>,
+    ) -> Result<bool> {
+        let active = self.segments.keys().next_back().copied();
+        let Some(current) = self.segments.get(&expected.base_offset) else { return Ok(false) };
+        let same = Arc::ptr_eq(&current.log, &expected.log) && current.size == expected.size;
+        if !same || active == Some(expected.base_offset) {
+            return Ok(false);
+        }
+        let next_offset = current.next_offset;
+        commit()?;
+        let cleaned = Segment::open_sealed(&self.dir, expected.base_offset, next_offset)?;
+        self.segments.insert(expected.base_offset, cleaned);
+        Ok(true)
     }
 }

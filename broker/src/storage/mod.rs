@@ -4,9 +4,12 @@
 //! Layout and recovery are described in `docs/STORAGE.md`. The log never reads the wall clock
 //! itself: time arrives through [`Clock`] so retention and rolling can be tested from a seed.
 
+pub mod cleaner;
 mod index;
+mod keymap;
 mod log;
 mod producers;
+mod record_codec;
 mod segment;
 mod transactions;
 
@@ -83,6 +86,8 @@ pub(crate) fn segment_file_name(base_offset: i64, extension: &str) -> String {
     format!("{base_offset:020}.{extension}")
 }
 
+#[cfg(test)]
+mod cleaner_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -29,6 +29,7 @@ fn config(segment_bytes: u64) -> LogConfig {
         segment_ms: i64::MAX / 2,
         retention_ms: -1,
         retention_bytes: -1,
+        compaction: Default::default(),
         index_interval_bytes: 256,
         max_message_bytes: 1 << 20,
         flush_messages: u64::MAX,

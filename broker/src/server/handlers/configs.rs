@@ -140,6 +140,15 @@ fn broker_entries(broker: &Broker) -> Vec<(String, String, ConfigSource, i8)> {
             ConfigSource::StaticBroker,
             5,
         ),
+        ("log.cleaner.enable".to_string(), config.cleaner.enable.to_string(), ConfigSource::StaticBroker, 1),
+        ("log.cleaner.threads".to_string(), config.cleaner.threads.to_string(), ConfigSource::StaticBroker, 3),
+        (
+            "log.cleaner.dedupe.buffer.size".to_string(),
+            config.cleaner.dedupe_buffer_bytes.to_string(),
+            ConfigSource::StaticBroker,
+            5,
+        ),
+        ("log.cleaner.backoff.ms".to_string(), config.cleaner.backoff_ms.to_string(), ConfigSource::StaticBroker, 5),
     ];
     for def in TOPIC_CONFIGS {
         let (value, source) = config.topic_default(def);
