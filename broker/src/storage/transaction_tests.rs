@@ -19,6 +19,7 @@ fn config(segment_bytes: u64) -> LogConfig {
         max_message_bytes: 1 << 20,
         flush_messages: u64::MAX,
         flush_ms: i64::MAX / 2,
+        compaction: Default::default(),
     }
 }
 

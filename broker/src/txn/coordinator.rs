@@ -115,13 +115,15 @@ impl TxnCoordinator {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Creates `__transaction_state` unless it exists. Like `__consumer_offsets` it keeps
-    /// everything until compaction exists (time retention would lose open transactions).
+    /// Creates `__transaction_state` unless it exists. Compacted, like `__consumer_offsets`: the
+    /// latest record per transactional id is the state (time retention would lose open
+    /// transactions).
     fn ensure_topic(&self, broker: &Broker) -> Result<(), TxnError> {
         if broker.partition(TXN_TOPIC, 0).is_some() {
             return Ok(());
         }
-        let configs = [("retention.ms", "-1"), ("segment.bytes", TXN_TOPIC_SEGMENT_BYTES)];
+        let configs =
+            [("cleanup.policy", "compact"), ("retention.ms", "-1"), ("segment.bytes", TXN_TOPIC_SEGMENT_BYTES)];
         let command = MetadataCommand::CreateTopic {
             name: TXN_TOPIC.to_string(),
             topic_id: uuid::Uuid::new_v4().to_string(),

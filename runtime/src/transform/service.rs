@@ -353,12 +353,15 @@ fn summarize(paused: bool, instances: &[InstanceInfo]) -> String {
     .to_string()
 }
 
-/// Creates an internal topic if missing (retention off: state and registry must not expire).
+/// Creates an internal topic if missing: compacted, never expired by time.
 fn ensure_topic(broker: &Broker, name: &str, partitions: i32) -> Result<(), TransformError> {
     if broker.topic(name).is_some() {
         return Ok(());
     }
     let configs: BTreeMap<String, String> = [
+        // The latest value per key is the state (changelog: state keys and the checkpoint;
+        // registry: specs and modules), so compaction keeps them bounded.
+        ("cleanup.policy".to_string(), "compact".to_string()),
         ("retention.ms".to_string(), "-1".to_string()),
         ("max.message.bytes".to_string(), INTERNAL_MESSAGE_BYTES_MAX.to_string()),
     ]
