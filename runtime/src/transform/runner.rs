@@ -139,6 +139,31 @@ fn check_outputs(processed: Processed, outputs: usize) -> Result<Processed, Fail
     Ok(processed)
 }
 
+/// An instance's processor, ready to be created on a pool thread (and again after a failure).
+struct Blueprint {
+    factory: Arc<dyn ProcessorFactory>,
+    module: Arc<[u8]>,
+    env: std::collections::BTreeMap<String, String>,
+    partition: i32,
+    outputs: u32,
+    state: Arc<SharedState>,
+    log: Arc<dyn LogSink>,
+}
+
+impl Blueprint {
+    fn instantiate(&self) -> Result<Box<dyn Processor>, TransformError> {
+        let setup = InstanceSetup {
+            module: &self.module,
+            partition: self.partition,
+            outputs: self.outputs,
+            env: &self.env,
+            state: Arc::clone(&self.state),
+            log: Arc::clone(&self.log),
+        };
+        self.factory.instantiate(setup).map_err(TransformError::Module)
+    }
+}
+
 /// The live state of a running instance between batches.
 pub(super) struct Position {
     pub(super) checkpoint: Checkpoint,
@@ -234,29 +259,22 @@ impl Instance {
         }
     }
 
-    fn setup<'a>(&'a self, state: &Arc<SharedState>) -> InstanceSetup<'a> {
-        InstanceSetup {
-            module: &self.module,
+    /// Everything needed to create this instance's processor, owned, for a pool thread.
+    fn blueprint(&self, state: &Arc<SharedState>) -> Blueprint {
+        Blueprint {
+            factory: Arc::clone(&self.factory),
+            module: Arc::clone(&self.module),
+            env: self.spec.env.clone(),
             partition: self.shared.partition,
             outputs: self.spec.outputs.len() as u32,
-            env: &self.spec.env,
             state: Arc::clone(state),
             log: Arc::new(PartitionLog { ring: Arc::clone(&self.logs), partition: self.shared.partition }),
         }
     }
 
     async fn instantiate(&self, state: &Arc<SharedState>) -> Result<Box<dyn Processor>, TransformError> {
-        let factory = Arc::clone(&self.factory);
-        let module = Arc::clone(&self.module);
-        let env = self.spec.env.clone();
-        let setup = self.setup(state);
-        let (partition, outputs, state, log) = (setup.partition, setup.outputs, setup.state, setup.log);
-        self.pool
-            .run(move || {
-                factory.instantiate(InstanceSetup { module: &module, partition, outputs, env: &env, state, log })
-            })
-            .await?
-            .map_err(TransformError::Module)
+        let blueprint = self.blueprint(state);
+        self.pool.run(move || blueprint.instantiate()).await?
     }
 
     async fn process(
@@ -299,24 +317,12 @@ impl Instance {
         state: &Arc<SharedState>,
         stop_at_failure: bool,
     ) -> Result<Isolated, TransformError> {
-        let factory = Arc::clone(&self.factory);
-        let module = Arc::clone(&self.module);
-        let env = self.spec.env.clone();
-        let setup = self.setup(state);
-        let (partition, outputs, state, log) = (setup.partition, setup.outputs, setup.state, setup.log);
+        let blueprint = self.blueprint(state);
+        let outputs = blueprint.outputs;
+        let state = Arc::clone(state);
         self.pool
             .run(move || {
-                let fresh = || {
-                    let setup = InstanceSetup {
-                        module: &module,
-                        partition,
-                        outputs,
-                        env: &env,
-                        state: Arc::clone(&state),
-                        log: Arc::clone(&log),
-                    };
-                    factory.instantiate(setup).map_err(TransformError::Module)
-                };
+                let fresh = || blueprint.instantiate();
                 let mut processor = fresh()?;
                 let mut combined = Processed::default();
                 let mut failures: Vec<(InRecord, Failure)> = Vec::new();
