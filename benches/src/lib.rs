@@ -9,8 +9,8 @@
 //! ```
 
 mod ceiling;
-mod group;
 pub mod compaction;
+mod group;
 mod kafka;
 mod transform;
 
