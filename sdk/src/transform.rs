@@ -28,6 +28,11 @@ impl Outputs {
         self.items
     }
 
+    /// Takes what was emitted so far, in order, leaving the buffer empty for reuse.
+    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, Output> {
+        self.items.drain(..)
+    }
+
     /// How many records were emitted so far.
     pub fn len(&self) -> usize {
         self.items.len()

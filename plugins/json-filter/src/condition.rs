@@ -94,8 +94,10 @@ impl Condition {
     }
 
     fn equals(&self, field: &Value) -> bool {
-        match (field.as_f64(), self.number) {
-            (Some(a), Some(b)) => a == b,
+        match (field, field.as_f64(), self.number) {
+            (_, Some(a), Some(b)) => a == b,
+            // What `to_plain_string` gives for a string, without copying it.
+            (Value::String(s), _, _) => *s == self.text,
             _ => field.to_plain_string() == self.text,
         }
     }
