@@ -166,12 +166,13 @@ impl Processor for NativeProcessor {
                 .iter()
                 .filter(|r| {
                     // What json-filter does with FIELD=action EQUALS=click: `find` the field
-                    // (validating the whole value), make it a `Value`, compare its text.
+                    // (validating the whole value), compare a string in place, anything else
+                    // by its JSON text.
                     let Some(value) = &r.value else { return false };
                     match runnel_sdk::json::find(value, "action") {
-                        Ok(Some(raw)) => match raw.to_value() {
-                            runnel_sdk::json::Value::String(s) => s == "click",
-                            other => other.to_plain_string() == "click",
+                        Ok(Some(raw)) => match raw.as_str() {
+                            Some(text) => text == "click",
+                            None => raw.to_value().to_plain_string() == "click",
                         },
                         _ => false,
                     }

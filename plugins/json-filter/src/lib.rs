@@ -66,9 +66,9 @@ fn keep(config: &Config, record: &Record) -> Result<bool, Error> {
     }
     let bytes = record.value.as_deref().unwrap_or_default();
     // Only the one field is needed: `find` checks the whole value like `parse` does but builds
-    // no tree; only the field itself becomes a `Value`.
+    // no tree, and a string field is compared where it lies.
     let field = match json::find(bytes, &config.field) {
-        Ok(field) => field.map(|raw| raw.to_value()),
+        Ok(field) => field,
         Err(e) => {
             return match config.on_invalid {
                 OnInvalid::Drop => Ok(false),
@@ -77,7 +77,7 @@ fn keep(config: &Config, record: &Record) -> Result<bool, Error> {
             }
         }
     };
-    Ok(config.conditions.iter().all(|c| c.matches(field.as_ref())))
+    Ok(config.conditions.iter().all(|c| c.matches_raw(field)))
 }
 
 runnel_sdk::filter!(keep, config = config);

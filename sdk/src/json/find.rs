@@ -26,7 +26,7 @@ impl<'a> Raw<'a> {
     /// unless the string has escapes.
     pub fn as_str(&self) -> Option<Cow<'a, str>> {
         let inner = self.text.strip_prefix('"')?.strip_suffix('"')?;
-        if !inner.contains('\\') {
+        if !inner.as_bytes().contains(&b'\\') {
             return Some(Cow::Borrowed(inner));
         }
         match self.to_value() {
@@ -104,6 +104,19 @@ pub fn find<'a>(bytes: &'a [u8], path: &str) -> Result<Option<Raw<'a>>, JsonErro
     Ok(found)
 }
 
+/// Bytes that end a run of plain string characters: `"`, `\\` and control characters.
+const ENDS_PLAIN_RUN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Validates and skips values in place; mirrors `parse::Parser` rule for rule.
 struct Scanner<'a> {
     text: &'a str,
@@ -122,9 +135,13 @@ impl<'a> Scanner<'a> {
     }
 
     fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.pos += 1;
+        // The position stays in a local in the loops that run per byte: the compiler need not
+        // store it back on every step (this matters most in WebAssembly).
+        let mut pos = self.pos;
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(pos) {
+            pos += 1;
         }
+        self.pos = pos;
     }
 
     /// Skips one value. With `path`, the value is searched for that path: the result is the
@@ -311,13 +328,14 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Result<&'a str, JsonError> {
         self.pos += 1; // the opening quote
         let start = self.pos;
+        let bytes = self.bytes;
         loop {
-            while let Some(b) = self.peek() {
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                self.pos += 1;
+            // The run of plain characters: one table lookup per byte.
+            let mut pos = self.pos;
+            while pos < bytes.len() && !ENDS_PLAIN_RUN[usize::from(bytes[pos])] {
+                pos += 1;
             }
+            self.pos = pos;
             match self.peek() {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => {
@@ -366,7 +384,8 @@ impl<'a> Scanner<'a> {
 
 /// Whether a key's raw content (escapes undecoded, already validated) names `wanted`.
 fn key_equals(raw: &str, wanted: &str) -> bool {
-    if !raw.contains('\\') {
+    // Byte search, not `str::contains(char)`: this runs for every key of the document.
+    if !raw.as_bytes().contains(&b'\\') {
         return raw == wanted;
     }
     // Rare: an escaped key is decoded (one allocation) to compare it.

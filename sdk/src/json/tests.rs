@@ -198,6 +198,9 @@ fn find_agrees_with_parse_and_get_path() {
             }
         }
     }
+    // An escaped key is compared decoded, never by its raw text.
+    assert_eq!(find(br#"{"a\n":1}"#, "a\\n"), Ok(None));
+    assert_eq!(find(br#"{"a\n":1}"#, "a\n").ok().flatten().map(|r| r.json()), Some("1"));
     let utf8 = find(b"{\"a\":\"\xff\"}", "a").expect_err("invalid UTF-8");
     assert_eq!(utf8.reason, "invalid UTF-8");
 }
