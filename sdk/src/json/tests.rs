@@ -270,3 +270,22 @@ fn find_accepts_exactly_what_parse_accepts_under_mutation() {
         }
     }
 }
+
+#[test]
+fn find_word_at_a_time_scan_stops_at_every_special_byte() {
+    // Each byte value at each position of a long string: quotes, backslashes and control
+    // characters must be seen wherever they fall in an 8-byte word.
+    for byte in 0u8..=255 {
+        for at in 0..17 {
+            let mut doc = br#"{"k":"0123456789abcdefghij"}"#.to_vec();
+            doc[6 + at] = byte;
+            let parsed = parse(&doc);
+            let found = find(&doc, "k");
+            match (&parsed, &found) {
+                (Ok(tree), Ok(raw)) => assert_eq!(raw.map(|r| r.to_value()).as_ref(), tree.get("k")),
+                (Err(a), Err(b)) => assert_eq!(a, b, "byte {byte:#x} at {at}"),
+                _ => panic!("byte {byte:#x} at {at}: parse {parsed:?}, find {found:?}"),
+            }
+        }
+    }
+}
