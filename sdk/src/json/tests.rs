@@ -180,7 +180,8 @@ const FIND_CORPUS: &[&str] = &[
     r#"{"a":"\u12"}"#,
 ];
 
-const FIND_PATHS: &[&str] = &["", "action", "a", "a.b", "a.c", "a.c.d", "a.b.c", "z", "n", "big", "emoji", "a.b", "x.y"];
+const FIND_PATHS: &[&str] =
+    &["", "action", "a", "a.b", "a.c", "a.c.d", "a.b.c", "z", "n", "big", "emoji", "a.b", "x.y"];
 
 #[test]
 fn find_agrees_with_parse_and_get_path() {
@@ -266,7 +267,9 @@ fn find_accepts_exactly_what_parse_accepts_under_mutation() {
         match (parse(&doc), find(&doc, path)) {
             (Ok(tree), Ok(raw)) => assert_eq!(raw.map(|r| r.to_value()).as_ref(), tree.get_path(path)),
             (Err(_), Err(_)) => {}
-            (parsed, found) => panic!("{:?} at {path:?}: parse {parsed:?}, find {found:?}", String::from_utf8_lossy(&doc)),
+            (parsed, found) => {
+                panic!("{:?} at {path:?}: parse {parsed:?}, find {found:?}", String::from_utf8_lossy(&doc))
+            }
         }
     }
 }
