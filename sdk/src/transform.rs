@@ -33,12 +33,13 @@ impl Outputs {
         self.items.drain(..)
     }
 
-    /// How many records were emitted so far.
+    /// How many records were emitted so far for the current input record (the outputs of
+    /// earlier records are already encoded into the batch).
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
-    /// Whether nothing was emitted yet.
+    /// Whether nothing was emitted yet for the current input record.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
