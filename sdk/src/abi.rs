@@ -37,11 +37,24 @@ impl Failure {
 /// Decodes `input`, runs every record through `transform` and encodes the outputs.
 /// A user error names the offset of the record that caused it.
 pub fn process_batch(input: &[u8], transform: &mut dyn crate::Transform) -> Result<Vec<u8>, Failure> {
+    process_batch_into(input, transform, Vec::new())
+}
+
+/// [`process_batch`] encoding into `buf` (cleared first): the guest passes the previous batch's
+/// output buffer so its capacity is reused. Each record's outputs are encoded as soon as it is
+/// processed, so no list of the batch's outputs is built.
+pub fn process_batch_into(
+    input: &[u8],
+    transform: &mut dyn crate::Transform,
+    buf: Vec<u8>,
+) -> Result<Vec<u8>, Failure> {
     let records = wire::decode_input(input).map_err(|m| Failure::new(ERR_MALFORMED, m.to_string()))?;
+    let mut encoder = wire::OutputEncoder::new(buf).map_err(encode_failure)?;
+    // Outputs are usually about as large as the input: one reservation instead of regrowing.
+    encoder.reserve(input.len()).map_err(encode_failure)?;
     let mut out = Outputs::default();
     for record in records {
         let (offset, timestamp_ms) = (record.offset, record.timestamp_ms);
-        let first_new = out.len();
         transform
             .process(record, &mut out)
             .map_err(|e| Failure::new(ERR_PROCESSING, format!("record at offset {offset}: {e}")))?;
@@ -49,21 +62,31 @@ pub fn process_batch(input: &[u8], transform: &mut dyn crate::Transform) -> Resu
         // timestamp" (`None`) is resolved here, where that is known. Only an input without a
         // timestamp (negative, e.g. Kafka's -1) leaves -1 for the host.
         if timestamp_ms >= 0 {
-            out.fill_missing_timestamps(first_new, timestamp_ms);
+            out.fill_missing_timestamps(0, timestamp_ms);
+        }
+        for output in out.drain() {
+            encoder.push(&output).map_err(encode_failure)?;
         }
     }
-    wire::encode_output(&out.into_vec()).map_err(|e| match e {
+    encoder.finish().map_err(encode_failure)
+}
+
+fn encode_failure(e: wire::EncodeError) -> Failure {
+    match e {
         wire::EncodeError::OutOfMemory => Failure::new(ERR_ALLOC, "out of memory encoding the output batch"),
         wire::EncodeError::TooLong => Failure::new(ERR_PROCESSING, "an output field is longer than 2 GiB"),
         wire::EncodeError::BadTimestamp(ts) => {
             Failure::new(ERR_PROCESSING, format!("output timestamp {ts} is negative (use -1/None for the input's)"))
         }
-    })
+    }
 }
 
 thread_local! {
     /// Input buffers handed out by `runnel_alloc` and not yet consumed by `runnel_process`.
     static ALLOCATIONS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// The last consumed input buffer, kept for the next `runnel_alloc` (batches are of similar
+    /// size, so this saves an allocation and a free per batch).
+    static SPARE_INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The last output batch; the host copies it before calling into the guest again.
     static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// This module instance's transform, built by `runnel_init` or the first batch.
@@ -76,7 +99,8 @@ pub fn alloc(len: i32) -> i32 {
     if len < 0 {
         return 0;
     }
-    let mut buf = Vec::new();
+    let mut buf = SPARE_INPUT.with(|spare| std::mem::take(&mut *spare.borrow_mut()));
+    buf.clear();
     if buf.try_reserve_exact(len as usize).is_err() {
         return 0;
     }
@@ -137,12 +161,16 @@ fn process_at(ptr: i32, len: i32, factory: fn() -> Result<BoxedTransform, Error>
         return Err(Failure::new(ERR_MALFORMED, format!("input length {len} exceeds its allocation")));
     }
     ensure_instance(factory)?;
+    // The previous output was copied by the host before this call: its buffer is reused.
+    let previous = OUTPUT.with(|o| std::mem::take(&mut *o.borrow_mut()));
     let encoded = INSTANCE.with(|slot| match slot.borrow_mut().as_mut() {
-        Some(instance) => process_batch(&input[..len as usize], instance.as_mut()),
+        Some(instance) => process_batch_into(&input[..len as usize], instance.as_mut(), previous),
         None => Err(Failure::new(ERR_PROCESSING, "no transform instance")),
-    })?;
-    // The input is freed here, before returning, as the ABI says.
-    drop(input);
+    });
+    // The input is released here, before returning, as the ABI says (kept for the next
+    // `runnel_alloc`, which hands it out again; the host never keeps a pointer across calls).
+    SPARE_INPUT.with(|spare| *spare.borrow_mut() = input);
+    let encoded = encoded?;
     OUTPUT.with(|o| {
         let mut o = o.borrow_mut();
         *o = encoded;

@@ -28,12 +28,18 @@ impl Outputs {
         self.items
     }
 
-    /// How many records were emitted so far.
+    /// Takes what was emitted so far, in order, leaving the buffer empty for reuse.
+    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, Output> {
+        self.items.drain(..)
+    }
+
+    /// How many records were emitted so far for the current input record (the outputs of
+    /// earlier records are already encoded into the batch).
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
-    /// Whether nothing was emitted yet.
+    /// Whether nothing was emitted yet for the current input record.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

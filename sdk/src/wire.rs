@@ -193,22 +193,55 @@ impl Writer {
 
 /// Encodes an output batch (guest → host).
 pub fn encode_output(outputs: &[Output]) -> Result<Vec<u8>, EncodeError> {
-    let mut w = Writer { buf: Vec::new() };
-    let count = u32::try_from(outputs.len()).map_err(|_| EncodeError::TooLong)?;
-    w.put(&count.to_le_bytes())?;
+    let mut encoder = OutputEncoder::new(Vec::new())?;
     for out in outputs {
-        w.put(&out.index.to_le_bytes())?;
+        encoder.push(out)?;
+    }
+    encoder.finish()
+}
+
+/// Encodes an output batch record by record into a buffer the caller keeps (its capacity is
+/// reused from batch to batch), so outputs need not be collected first.
+pub struct OutputEncoder {
+    w: Writer,
+    count: u32,
+}
+
+impl OutputEncoder {
+    /// Starts a batch in `buf` (cleared; its capacity is kept).
+    pub fn new(mut buf: Vec<u8>) -> Result<Self, EncodeError> {
+        buf.clear();
+        let mut w = Writer { buf };
+        // The record count, patched by `finish`.
+        w.put(&0u32.to_le_bytes())?;
+        Ok(OutputEncoder { w, count: 0 })
+    }
+
+    /// Reserves room for `bytes` more bytes up front (an estimate; the buffer still grows).
+    pub fn reserve(&mut self, bytes: usize) -> Result<(), EncodeError> {
+        self.w.buf.try_reserve(bytes).map_err(|_| EncodeError::OutOfMemory)
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, out: &Output) -> Result<(), EncodeError> {
+        self.count = self.count.checked_add(1).ok_or(EncodeError::TooLong)?;
+        self.w.put(&out.index.to_le_bytes())?;
         let timestamp = match out.timestamp_ms {
             None => -1,
             Some(ts) if ts < 0 => return Err(EncodeError::BadTimestamp(ts)),
             Some(ts) => ts,
         };
-        w.put(&timestamp.to_le_bytes())?;
-        w.bytes(out.key.as_deref())?;
-        w.bytes(out.value.as_deref())?;
-        w.headers(&out.headers)?;
+        self.w.put(&timestamp.to_le_bytes())?;
+        self.w.bytes(out.key.as_deref())?;
+        self.w.bytes(out.value.as_deref())?;
+        self.w.headers(&out.headers)
     }
-    Ok(w.buf)
+
+    /// The encoded batch.
+    pub fn finish(mut self) -> Result<Vec<u8>, EncodeError> {
+        self.w.buf[..4].copy_from_slice(&self.count.to_le_bytes());
+        Ok(self.w.buf)
+    }
 }
 
 /// Encodes an input batch as the host would (used by the native harness and host tests).

@@ -9,7 +9,7 @@
 //! - `CONTAINS`: substring of a string field, or an element of an array field (by text).
 //! - `EXISTS`: `true` matches a present field (even `null`), `false` an absent one.
 
-use runnel_sdk::json::Value;
+use runnel_sdk::json::{Raw, Value};
 use runnel_sdk::Error;
 use std::cmp::Ordering;
 
@@ -93,9 +93,39 @@ impl Condition {
         }
     }
 
+    /// [`Self::matches`] on a field as [`json::find`](runnel_sdk::json::find) returns it: a
+    /// string is compared in place (no `Value` built), anything else is converted first.
+    pub fn matches_raw(&self, field: Option<Raw<'_>>) -> bool {
+        let raw = match field {
+            Some(raw) => raw,
+            None => return self.matches(None),
+        };
+        match raw.as_str() {
+            Some(text) => self.matches_str(&text),
+            None => self.matches(Some(&raw.to_value())),
+        }
+    }
+
+    /// What [`Self::matches`] answers for a present string field holding `s`.
+    fn matches_str(&self, s: &str) -> bool {
+        let order = || s.cmp(self.text.as_str());
+        match self.op {
+            Op::Exists => self.exists,
+            Op::Equals => s == self.text,
+            Op::NotEquals => s != self.text,
+            Op::Gt => order() == Ordering::Greater,
+            Op::Gte => order() != Ordering::Less,
+            Op::Lt => order() == Ordering::Less,
+            Op::Lte => order() != Ordering::Greater,
+            Op::Contains => s.contains(&self.text),
+        }
+    }
+
     fn equals(&self, field: &Value) -> bool {
-        match (field.as_f64(), self.number) {
-            (Some(a), Some(b)) => a == b,
+        match (field, field.as_f64(), self.number) {
+            (_, Some(a), Some(b)) => a == b,
+            // What `to_plain_string` gives for a string, without copying it.
+            (Value::String(s), _, _) => *s == self.text,
             _ => field.to_plain_string() == self.text,
         }
     }

@@ -11,7 +11,7 @@
 pub mod condition;
 
 use condition::{Condition, Op};
-use runnel_sdk::{env, Error, Record};
+use runnel_sdk::{env, json, Error, Record};
 
 /// What to do with a record whose value is not JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,18 +64,20 @@ fn keep(config: &Config, record: &Record) -> Result<bool, Error> {
     if record.is_tombstone() {
         return Ok(true);
     }
-    let value = match record.json() {
-        Ok(value) => value,
+    let bytes = record.value.as_deref().unwrap_or_default();
+    // Only the one field is needed: `find` checks the whole value like `parse` does but builds
+    // no tree, and a string field is compared where it lies.
+    let field = match json::find(bytes, &config.field) {
+        Ok(field) => field,
         Err(e) => {
             return match config.on_invalid {
                 OnInvalid::Drop => Ok(false),
                 OnInvalid::Keep => Ok(true),
-                OnInvalid::Fail => Err(e),
+                OnInvalid::Fail => Err(e.into()),
             }
         }
     };
-    let field = value.get_path(&config.field);
-    Ok(config.conditions.iter().all(|c| c.matches(field)))
+    Ok(config.conditions.iter().all(|c| c.matches_raw(field)))
 }
 
 runnel_sdk::filter!(keep, config = config);

@@ -73,3 +73,48 @@ fn configuration_errors_name_the_setting() {
     assert!(err(&[("FIELD", "a"), ("EXISTS", "maybe")]).contains("EXISTS"));
     assert!(err(&[("FIELD", "a"), ("EQUALS", "x"), ("ON_INVALID", "explode")]).contains("ON_INVALID"));
 }
+
+/// `matches_raw` on what `json::find` returns answers as `matches` on the parsed tree.
+#[test]
+fn raw_and_parsed_fields_match_alike() {
+    use crate::condition::{Condition, Op};
+    use runnel_sdk::json;
+    let docs = [
+        r#"{"f":"click"}"#,
+        r#"{"f":"cl\u0069ck"}"#,
+        r#"{"f":"/cart"}"#,
+        r#"{"f":""}"#,
+        r#"{"f":120}"#,
+        r#"{"f":7.5}"#,
+        r#"{"f":true}"#,
+        r#"{"f":null}"#,
+        r#"{"f":["click","x"]}"#,
+        r#"{"f":{"g":1}}"#,
+        r#"{"g":1}"#,
+    ];
+    let operands = ["click", "/d", "120", "7.5", "true", "null", "", "li"];
+    for doc in docs {
+        let tree = json::parse(doc.as_bytes()).expect("valid");
+        let raw = json::find(doc.as_bytes(), "f").expect("valid");
+        for op in Op::ALL {
+            for operand in operands {
+                let operand = if op == Op::Exists {
+                    if operand.len() % 2 == 0 {
+                        "true"
+                    } else {
+                        "false"
+                    }
+                } else {
+                    operand
+                };
+                let condition = Condition::new(op, operand).expect("condition");
+                assert_eq!(
+                    condition.matches_raw(raw),
+                    condition.matches(tree.get_path("f")),
+                    "{doc} {} {operand}",
+                    op.env_name()
+                );
+            }
+        }
+    }
+}

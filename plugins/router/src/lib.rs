@@ -12,7 +12,7 @@
 //! An index beyond the configured outputs fails the batch in the host, so check `ROUTES` against
 //! the `--output` list at deploy.
 
-use runnel_sdk::{env, Error, Output, Record};
+use runnel_sdk::{env, json, Error, Output, Record};
 
 /// Where unmatched records go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +63,10 @@ pub fn config() -> Result<Config, Error> {
 
 /// The output index for a record, `None` to drop it.
 pub fn route_of(config: &Config, record: &Record) -> Option<u32> {
-    let matched = record.json().ok().and_then(|value| {
-        let text = value.get_path(&config.field)?.to_plain_string();
+    // One field is needed: `find` reads it without building the value's tree.
+    let field = record.value.as_deref().and_then(|value| json::find(value, &config.field).ok().flatten());
+    let matched = field.and_then(|raw| {
+        let text = raw.to_value().to_plain_string();
         config.routes.iter().find(|(v, _)| *v == text).map(|(_, index)| *index)
     });
     match (matched, config.default) {

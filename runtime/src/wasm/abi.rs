@@ -232,10 +232,15 @@ impl Reader<'_> {
         Ok(slice)
     }
 
+    /// Reads `N` bytes in place: no `Bytes` handle (each costs an atomic increment and
+    /// decrement of the buffer's reference count), as fixed-size fields are read for every record.
     fn array<const N: usize>(&mut self, reason: &'static str) -> Result<[u8; N], ProcessError> {
-        let bytes = self.take(N, reason)?;
+        if N > self.remaining() {
+            return Err(self.malformed(reason));
+        }
         let mut array = [0; N];
-        array.copy_from_slice(&bytes);
+        array.copy_from_slice(&self.buffer[self.position..self.position + N]);
+        self.position += N;
         Ok(array)
     }
 

@@ -142,3 +142,153 @@ fn mutated_documents_never_panic_and_what_parses_round_trips() {
         }
     }
 }
+
+/// Documents and paths on which `find` must agree with `parse(..).get_path(..)`.
+const FIND_CORPUS: &[&str] = &[
+    r#"{"id":1,"user":"u1","action":"click","page":"/p1","pad":"xxxx"}"#,
+    r#" { "a" : { "b" : [1, {"c": 2}], "c": {"d": "e\"\\\u00e9"} }, "z": null } "#,
+    r#"{"a":{"b":1},"a":{"c":2}}"#,
+    r#"{"a":{"b":1},"a":3}"#,
+    r#"{"a":3,"a":{"b":1}}"#,
+    r#"{"a\u002eb":1,"a":{"b":2},"\u0061ction":"view"}"#,
+    r#"{"action":"cl\u0069ck","n":-0.5e-3,"t":true,"f":false,"big":123456789012345678901234567890}"#,
+    r#"[{"action":"click"}]"#,
+    r#""action""#,
+    "42",
+    "{}",
+    r#"{"emoji":"\ud83d\ude00","k":"v"}"#,
+    // Invalid: every one of these must be refused by both.
+    "",
+    "not json",
+    r#"{"action":"click""#,
+    r#"{"action":"click",}"#,
+    r#"{"action":"click"} x"#,
+    r#"{"a":[1,2,]}"#,
+    r#"{"a":01}"#,
+    r#"{"a":1.}"#,
+    r#"{"a":1e}"#,
+    r#"{"a":1e400}"#,
+    r#"{"a":"\x"}"#,
+    r#"{"a":"\ud800"}"#,
+    r#"{"a":"\udc00"}"#,
+    r#"{"a":"\ud800\u0041"}"#,
+    "{\"a\":\"tab\there\"}",
+    r#"{"a":tru}"#,
+    r#"{a:1}"#,
+    r#"{"a" 1}"#,
+    r#"{"a":{"b":1}"#,
+    r#"{"a":"\u12"}"#,
+];
+
+const FIND_PATHS: &[&str] =
+    &["", "action", "a", "a.b", "a.c", "a.c.d", "a.b.c", "z", "n", "big", "emoji", "a.b", "x.y"];
+
+#[test]
+fn find_agrees_with_parse_and_get_path() {
+    for doc in FIND_CORPUS {
+        let parsed = parse(doc.as_bytes());
+        for path in FIND_PATHS {
+            let found = find(doc.as_bytes(), path);
+            match (&parsed, &found) {
+                (Ok(tree), Ok(raw)) => {
+                    let expected = tree.get_path(path);
+                    assert_eq!(raw.map(|r| r.to_value()).as_ref(), expected, "{doc:?} at {path:?}");
+                }
+                (Err(a), Err(b)) => assert_eq!(a.reason, b.reason, "{doc:?} at {path:?}"),
+                _ => panic!("{doc:?} at {path:?}: parse {parsed:?}, find {found:?}"),
+            }
+        }
+    }
+    // An escaped key is compared decoded, never by its raw text.
+    assert_eq!(find(br#"{"a\n":1}"#, "a\\n"), Ok(None));
+    assert_eq!(find(br#"{"a\n":1}"#, "a\n").ok().flatten().map(|r| r.json()), Some("1"));
+    let utf8 = find(b"{\"a\":\"\xff\"}", "a").expect_err("invalid UTF-8");
+    assert_eq!(utf8.reason, "invalid UTF-8");
+}
+
+#[test]
+fn find_returns_the_raw_text_and_typed_accessors() {
+    let doc = br#"{"s":"plain","e":"a\"b","i":-12,"f":2.5,"x":1e2,"t":true,"n":null,"o":{"k":[1]}}"#;
+    let get = |path: &str| find(doc, path).ok().flatten().unwrap_or_else(|| panic!("{path} present"));
+    assert_eq!(get("s").as_str().as_deref(), Some("plain"));
+    assert!(matches!(get("s").as_str(), Some(std::borrow::Cow::Borrowed(_))), "no escapes: borrowed");
+    assert_eq!(get("e").as_str().as_deref(), Some("a\"b"));
+    assert_eq!(get("e").json(), r#""a\"b""#);
+    assert_eq!(get("i").as_i64(), Some(-12));
+    assert_eq!(get("i").as_number(), Some(Number::Int(-12)));
+    assert_eq!(get("f").as_f64(), Some(2.5));
+    assert_eq!(get("f").as_i64(), None);
+    assert_eq!(get("x").as_i64(), Some(100));
+    assert_eq!(get("t").as_bool(), Some(true));
+    assert!(get("n").is_null());
+    assert_eq!(get("o").json(), r#"{"k":[1]}"#);
+    assert_eq!(get("o").as_str(), None);
+    assert_eq!(get("s").as_f64(), None);
+    assert_eq!(find(doc, "o.k.0"), Ok(None), "paths name object keys only");
+}
+
+#[test]
+fn find_bounds_nesting_like_parse() {
+    let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+    assert_eq!(find(deep.as_bytes(), "a").expect_err("too deep").reason, "nesting too deep");
+    let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+    assert_eq!(find(ok.as_bytes(), "a"), Ok(None));
+    let nested = format!("{}1{}", r#"{"a":"#.repeat(MAX_DEPTH), "}".repeat(MAX_DEPTH));
+    let path = vec!["a"; MAX_DEPTH].join(".");
+    assert_eq!(find(nested.as_bytes(), &path).ok().flatten().map(|r| r.json()), Some("1"));
+}
+
+/// Random mutations of valid documents: `find` never panics and accepts exactly what `parse` does.
+#[test]
+fn find_accepts_exactly_what_parse_accepts_under_mutation() {
+    let mut seed: u64 = 0x0f1e_2d3c_4b5a_6978;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let alphabet = b"{}[]\",:\\u0123456789abcdefntrl.eE+- \t";
+    for round in 0..30_000 {
+        let base = FIND_CORPUS[round % 12].as_bytes();
+        let mut doc = base.to_vec();
+        for _ in 0..1 + next() % 3 {
+            let at = (next() as usize) % (doc.len() + 1);
+            let byte = alphabet[(next() as usize) % alphabet.len()];
+            match next() % 3 {
+                0 if at < doc.len() => doc[at] = byte,
+                1 if at < doc.len() => {
+                    doc.remove(at);
+                }
+                _ => doc.insert(at, byte),
+            }
+        }
+        let path = FIND_PATHS[(next() as usize) % FIND_PATHS.len()];
+        match (parse(&doc), find(&doc, path)) {
+            (Ok(tree), Ok(raw)) => assert_eq!(raw.map(|r| r.to_value()).as_ref(), tree.get_path(path)),
+            (Err(_), Err(_)) => {}
+            (parsed, found) => {
+                panic!("{:?} at {path:?}: parse {parsed:?}, find {found:?}", String::from_utf8_lossy(&doc))
+            }
+        }
+    }
+}
+
+#[test]
+fn find_word_at_a_time_scan_stops_at_every_special_byte() {
+    // Each byte value at each position of a long string: quotes, backslashes and control
+    // characters must be seen wherever they fall in an 8-byte word.
+    for byte in 0u8..=255 {
+        for at in 0..17 {
+            let mut doc = br#"{"k":"0123456789abcdefghij"}"#.to_vec();
+            doc[6 + at] = byte;
+            let parsed = parse(&doc);
+            let found = find(&doc, "k");
+            match (&parsed, &found) {
+                (Ok(tree), Ok(raw)) => assert_eq!(raw.map(|r| r.to_value()).as_ref(), tree.get("k")),
+                (Err(a), Err(b)) => assert_eq!(a, b, "byte {byte:#x} at {at}"),
+                _ => panic!("byte {byte:#x} at {at}: parse {parsed:?}, find {found:?}"),
+            }
+        }
+    }
+}
