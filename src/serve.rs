@@ -28,7 +28,7 @@ pub(crate) struct ServeArgs {
     /// Set one broker config by its Kafka name (repeatable), e.g. --set num.partitions=6
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Threads that run WASM transforms, at lower priority [default: cores - 1, at least 2]
+    /// Threads that run WASM transforms, at lower priority [default: cores - 1, at least 1]
     #[arg(long)]
     transform_threads: Option<usize>,
     /// Log filter, e.g. info or runnel_broker=debug (env RUST_LOG)

@@ -50,11 +50,12 @@ impl ComputePool {
         Arc::new(ComputePool { jobs, threads })
     }
 
-    /// The default size: every core but one, and at least two, so one spinning module (at most
-    /// a deadline per job) cannot hold every transform up; the lower priority keeps the
-    /// broker's threads ahead of them.
+    /// The default size: every core but one (at least one), so the broker always keeps a core
+    /// to itself — measured with `runnel bench transform`, modules spinning on every core
+    /// stretched produce p99 tens of times even at the lowest priority. More threads
+    /// (`runnel serve --transform-threads`) let more transforms run at once.
     pub fn default_threads() -> usize {
-        std::thread::available_parallelism().map_or(2, |n| n.get().saturating_sub(1).max(2))
+        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
     }
 
     pub fn threads(&self) -> usize {
