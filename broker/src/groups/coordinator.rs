@@ -21,7 +21,6 @@ use super::records::{self, KeyValue, RecordKey, StoredGroup};
 use super::{GroupConfig, GroupError, GROUPS_MAX, OFFSET_METADATA_MAX_BYTES};
 use crate::broker::{BrokerError, Partition};
 use crate::metadata::{MetadataCommand, MetadataError, MetadataImage};
-use crate::protocol::batch::split_batches;
 use crate::storage::StorageError;
 use crate::Broker;
 
@@ -33,8 +32,6 @@ const BATCH_BYTES_TARGET: usize = 512 * 1024;
 const OFFSETS_TOPIC_MAX_MESSAGE_BYTES: &str = "10485760";
 /// Kafka's `offsets.topic.segment.bytes`.
 const OFFSETS_TOPIC_SEGMENT_BYTES: &str = "104857600";
-/// Bytes read per step while replaying the topic at startup.
-const REPLAY_READ_BYTES: usize = 4 * 1024 * 1024;
 /// The timer wakes at least this often, whatever the deadlines say.
 const TIMER_IDLE_MS: i64 = 1000;
 /// Groups whose deadlines one timer run handles, bounding how long it holds the lock.
@@ -761,38 +758,18 @@ impl GroupCoordinator {
         compact_offsets_topic(broker);
         let now_ms = broker.now_ms();
         let mut replay = Replay::default();
-        {
-            let mut log = partition.log();
-            let mut offset = log.log_start_offset();
-            let end = log.log_end_offset();
-            while offset < end {
-                let Some(slice) = log.read(offset, REPLAY_READ_BYTES)? else { break };
-                let bytes = slice.read()?;
-                let batches = match split_batches(&bytes) {
-                    Ok(batches) if !batches.is_empty() => batches,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::error!(offset, error = %e, "{OFFSETS_TOPIC} is damaged; groups load up to here");
-                        break;
-                    }
-                };
-                for (header, range) in batches {
-                    offset = header.next_offset();
-                    let batch = bytes.slice(range);
-                    if header.is_control() {
-                        if header.is_transactional() {
-                            let commit =
-                                crate::storage::control_type(&batch) == Some(crate::storage::CONTROL_TYPE_COMMIT);
-                            replay.end_transaction(header.producer_id, commit);
-                        }
-                    } else if header.is_transactional() {
-                        replay.apply_transactional_batch(batch, header.base_offset, header.producer_id);
-                    } else {
-                        replay.apply_batch(batch, header.base_offset);
-                    }
+        partition.log().replay_batches(OFFSETS_TOPIC, |header, batch| {
+            if header.is_control() {
+                if header.is_transactional() {
+                    let commit = crate::storage::control_type(&batch) == Some(crate::storage::CONTROL_TYPE_COMMIT);
+                    replay.end_transaction(header.producer_id, commit);
                 }
+            } else if header.is_transactional() {
+                replay.apply_transactional_batch(batch, header.base_offset, header.producer_id);
+            } else {
+                replay.apply_batch(batch, header.base_offset);
             }
-        }
+        })?;
         let pending = std::mem::take(&mut replay.pending);
         let groups = replay.into_groups(now_ms);
         let count = groups.len();

@@ -348,6 +348,34 @@ impl PartitionLog {
         Ok(None)
     }
 
+    /// Calls `visit` with every batch from the log start to the end, in order — how internal
+    /// topics (`__consumer_offsets`, `__transaction_state`) are replayed at startup. A batch
+    /// that does not parse ends the replay there, logged with `what`: what came before it
+    /// still counts.
+    pub fn replay_batches(&mut self, what: &str, mut visit: impl FnMut(&BatchHeader, Bytes)) -> Result<()> {
+        // Large reads: a replay streams the whole log once.
+        const REPLAY_READ_BYTES: usize = 4 * 1024 * 1024;
+        let mut offset = self.log_start_offset();
+        let end = self.log_end_offset();
+        while offset < end {
+            let Some(slice) = self.read(offset, REPLAY_READ_BYTES)? else { break };
+            let bytes = slice.read()?;
+            let batches = match split_batches(&bytes) {
+                Ok(batches) if !batches.is_empty() => batches,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(offset, error = %e, "{what} is damaged; loaded up to here");
+                    break;
+                }
+            };
+            for (header, range) in batches {
+                offset = header.next_offset();
+                visit(&header, bytes.slice(range));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the whole batch that holds `offset` (for per-record timestamp lookups).
     pub fn read_batch_at(&mut self, offset: i64) -> Result<Option<Bytes>> {
         match self.read(offset, 0)? {

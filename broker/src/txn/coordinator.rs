@@ -20,7 +20,6 @@ use super::{TxnConfig, TxnError};
 use crate::broker::{BrokerError, Partition};
 use crate::groups::OFFSETS_TOPIC;
 use crate::metadata::{MetadataCommand, MetadataError};
-use crate::protocol::batch::split_batches;
 use crate::storage::{encode_marker, StorageError};
 use crate::Broker;
 
@@ -33,8 +32,6 @@ const TXN_IDS_MAX: usize = 100_000;
 /// Bound on partitions in one transaction: each needs a marker written while the lock is
 /// held, so this bounds how long one EndTxn can hold it.
 const TXN_PARTITIONS_MAX: usize = 10_000;
-/// Bytes read per step while replaying the topic at startup.
-const REPLAY_READ_BYTES: usize = 4 * 1024 * 1024;
 /// The coordinator epoch written into markers; one node never changes coordinator.
 const COORDINATOR_EPOCH: i32 = 0;
 
@@ -468,53 +465,35 @@ fn append(
 }
 
 fn replay_partition(partition: &Partition, loaded: &mut BTreeMap<String, TxnMetadata>) -> Result<(), StorageError> {
-    let mut log = partition.log();
-    let mut offset = log.log_start_offset();
-    let end = log.log_end_offset();
-    while offset < end {
-        let Some(slice) = log.read(offset, REPLAY_READ_BYTES)? else { break };
-        let bytes = slice.read()?;
-        let batches = match split_batches(&bytes) {
-            Ok(batches) if !batches.is_empty() => batches,
-            Ok(_) => break,
+    partition.log().replay_batches(TXN_TOPIC, |header, mut batch| {
+        if header.is_control() {
+            return;
+        }
+        let set = match RecordBatchDecoder::decode(&mut batch) {
+            Ok(set) => set,
             Err(e) => {
-                tracing::error!(offset, error = %e, "{TXN_TOPIC} is damaged; transactions load up to here");
-                break;
+                tracing::warn!(offset = header.base_offset, error = %e, "skipping undecodable batch in {TXN_TOPIC}");
+                return;
             }
         };
-        for (header, range) in batches {
-            offset = header.next_offset();
-            if header.is_control() {
-                continue;
-            }
-            let mut batch = bytes.slice(range);
-            let set = match RecordBatchDecoder::decode(&mut batch) {
-                Ok(set) => set,
+        for record in set.records {
+            let Some(key) = record.key else { continue };
+            let id = match records::decode_key(&key) {
+                Ok(id) => id,
                 Err(e) => {
-                    tracing::warn!(offset = header.base_offset, error = %e, "skipping undecodable batch in {TXN_TOPIC}");
+                    tracing::warn!(offset = record.offset, error = %e, "skipping record");
                     continue;
                 }
             };
-            for record in set.records {
-                let Some(key) = record.key else { continue };
-                let id = match records::decode_key(&key) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        tracing::warn!(offset = record.offset, error = %e, "skipping record");
-                        continue;
-                    }
-                };
-                match record.value.map(|v| records::decode_value(id.clone(), &v)) {
-                    None => {
-                        loaded.remove(&id);
-                    }
-                    Some(Ok(txn)) => {
-                        loaded.insert(id, txn);
-                    }
-                    Some(Err(e)) => tracing::warn!(offset = record.offset, error = %e, "skipping record"),
+            match record.value.map(|v| records::decode_value(id.clone(), &v)) {
+                None => {
+                    loaded.remove(&id);
                 }
+                Some(Ok(txn)) => {
+                    loaded.insert(id, txn);
+                }
+                Some(Err(e)) => tracing::warn!(offset = record.offset, error = %e, "skipping record"),
             }
         }
-    }
-    Ok(())
+    })
 }
