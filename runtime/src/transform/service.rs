@@ -28,6 +28,8 @@ pub const REGISTRY_TOPIC: &str = "__runnel_transforms";
 /// Modules and checkpoints (which carry a batch's outputs) can be large: internal topics take
 /// records up to this size.
 const INTERNAL_MESSAGE_BYTES_MAX: &str = "67108864";
+/// How often running transforms look for partitions added to their inputs.
+const PARTITION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// A module larger than this is refused at deploy.
 pub const MODULE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
@@ -90,6 +92,16 @@ impl TransformService {
     ) -> Result<Arc<TransformService>, TransformError> {
         ensure_topic(&broker, REGISTRY_TOPIC, 1)?;
         let service = Arc::new(TransformService { broker, factory, pool, transforms: Mutex::new(HashMap::new()) });
+        let watched = Arc::downgrade(&service);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PARTITION_CHECK_INTERVAL).await;
+                let Some(service) = watched.upgrade() else { return };
+                if let Err(e) = service.adopt_new_partitions() {
+                    tracing::warn!(error = %e, "cannot start instances for new input partitions");
+                }
+            }
+        });
         let (specs, modules) = service.replay_registry()?;
         for (name, spec) in specs {
             let Some(module) = modules.get(&name) else {
@@ -202,28 +214,52 @@ impl TransformService {
         let initial = if spec.paused { Control::Pause } else { Control::Run };
         let (control, _) = watch::channel(initial);
         let logs = Arc::new(LogRing::default());
-        let mut instances = Vec::new();
-        let mut tasks = Vec::new();
+        let mut deployed =
+            Deployed { spec: spec.clone(), module, logs, control, instances: Vec::new(), tasks: Vec::new() };
         for partition in 0..input.partitions {
-            let shared = Arc::new(InstanceShared::new(partition));
-            let instance = Instance {
-                broker: Arc::clone(&self.broker),
-                factory: Arc::clone(&self.factory),
-                pool: Arc::clone(&self.pool),
-                spec: spec.clone(),
-                module: Arc::clone(&module),
-                shared: Arc::clone(&shared),
-                logs: Arc::clone(&logs),
-                control: control.subscribe(),
-                rewind,
-            };
-            tasks.push(tokio::spawn(instance.run()));
-            instances.push(shared);
+            self.spawn_instance(&mut deployed, partition, rewind);
         }
         tracing::info!(name = %spec.name, version = spec.version, partitions = input.partitions, "transform started");
-        let deployed = Deployed { spec: spec.clone(), module, logs, control, instances, tasks };
         self.lock().insert(spec.name.clone(), deployed);
         Ok(())
+    }
+
+    fn spawn_instance(&self, deployed: &mut Deployed, partition: i32, rewind: Option<StartFrom>) {
+        let shared = Arc::new(InstanceShared::new(partition));
+        let instance = Instance {
+            broker: Arc::clone(&self.broker),
+            factory: Arc::clone(&self.factory),
+            pool: Arc::clone(&self.pool),
+            spec: deployed.spec.clone(),
+            module: Arc::clone(&deployed.module),
+            shared: Arc::clone(&shared),
+            logs: Arc::clone(&deployed.logs),
+            control: deployed.control.subscribe(),
+            rewind,
+        };
+        deployed.tasks.push(tokio::spawn(instance.run()));
+        deployed.instances.push(shared);
+    }
+
+    /// Starts instances for partitions added to an input topic since its transform started
+    /// (they read their new partition from the start), growing the changelog to match.
+    pub fn adopt_new_partitions(&self) -> Result<usize, TransformError> {
+        let mut transforms = self.lock();
+        let mut started = 0;
+        for deployed in transforms.values_mut() {
+            let Some(input) = self.broker.topic(&deployed.spec.input) else { continue };
+            let running = deployed.instances.len() as i32;
+            if input.partitions <= running {
+                continue;
+            }
+            ensure_topic(&self.broker, &deployed.spec.changelog_topic(), input.partitions)?;
+            for partition in running..input.partitions {
+                self.spawn_instance(deployed, partition, Some(StartFrom::Earliest));
+                started += 1;
+            }
+            tracing::info!(name = %deployed.spec.name, partitions = input.partitions, "transform adopted new input partitions");
+        }
+        Ok(started)
     }
 
     /// Stops a transform's instances at their next batch boundary and forgets them; returns
@@ -353,10 +389,18 @@ fn summarize(paused: bool, instances: &[InstanceInfo]) -> String {
     .to_string()
 }
 
-/// Creates an internal topic if missing: compacted, never expired by time.
+/// Creates an internal topic if missing (compacted, never expired by time), or grows it to
+/// `partitions`.
 fn ensure_topic(broker: &Broker, name: &str, partitions: i32) -> Result<(), TransformError> {
-    if broker.topic(name).is_some() {
-        return Ok(());
+    if let Some(existing) = broker.topic(name) {
+        if existing.partitions >= partitions {
+            return Ok(());
+        }
+        // The input grew: one changelog partition per input partition.
+        return broker
+            .propose(MetadataCommand::CreatePartitions { name: name.to_string(), total: partitions })
+            .map(|_| ())
+            .map_err(|e| TransformError::Storage(format!("growing topic {name} to {partitions} partitions: {e}")));
     }
     let configs: BTreeMap<String, String> = [
         // The latest value per key is the state (changelog: state keys and the checkpoint;

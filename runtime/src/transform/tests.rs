@@ -300,3 +300,23 @@ async fn pause_resume_upgrade_and_refusals() {
     service.shutdown().await;
     broker.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_to_the_input_get_instances() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = open(dir.path());
+    create(&broker, "in", 1);
+    create(&broker, "out", 1);
+    let service = TransformService::start(Arc::clone(&broker), factory(), ComputePool::new(2)).expect("start");
+    service.deploy(spec(OnError::Skip), Bytes::from_static(b"counter")).await.expect("deploy");
+    assert_eq!(service.adopt_new_partitions().expect("adopt"), 0);
+    broker.propose(MetadataCommand::CreatePartitions { name: "in".into(), total: 3 }).expect("grow the input");
+    produce(&broker, "in", 2, &[("k", "new")]);
+    assert_eq!(service.adopt_new_partitions().expect("adopt"), 2);
+    wait_for("the new partition's output", || read_all(&broker, "out").len() == 1).await;
+    assert_eq!(read_all(&broker, "out")[0].1, "NEW:1");
+    assert_eq!(broker.topic("__runnel_transform_upper_changelog").map(|t| t.partitions), Some(3));
+    assert_eq!(service.describe("upper").expect("describe").instances.len(), 3);
+    service.shutdown().await;
+    broker.close();
+}
