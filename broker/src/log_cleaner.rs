@@ -121,39 +121,13 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::Compression;
 
     use crate::config::BrokerConfig;
     use crate::metadata::MetadataCommand;
+    use crate::storage::record_codec::tests::client_batch;
     use crate::storage::{Clock, ManualClock};
     use crate::Broker;
-
-    fn batch(records: &[(String, Option<&str>)], timestamp: i64) -> BytesMut {
-        let records: Vec<Record> = records
-            .iter()
-            .enumerate()
-            .map(|(i, (key, value))| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32 - 1,
-                timestamp,
-                key: Some(Bytes::from(key.clone())),
-                value: value.map(|v| Bytes::from(v.to_string())),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions { version: 2, compression: Compression::Snappy };
-        RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encodes");
-        buf
-    }
 
     fn create(broker: &Broker, name: &str, configs: &[(&str, &str)]) {
         let configs: BTreeMap<String, String> = configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -172,8 +146,8 @@ mod tests {
             // Key "gone" is written once, then deleted; the rest are updates of ten keys.
             let key = if i == 100 || i == 150 { "gone".to_string() } else { format!("k{}", i % 10) };
             let value = format!("value-{i}-{}", "x".repeat(40));
-            let records = [(key, (i != 150).then_some(value.as_str()))];
-            partition.log().append(&batch(&records, now_ms)).expect("append");
+            let records = [(Some(key.as_bytes()), (i != 150).then_some(value.as_bytes()))];
+            partition.log().append(&client_batch(&records, now_ms, Compression::Snappy)).expect("append");
         }
     }
 

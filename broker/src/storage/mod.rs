@@ -9,7 +9,7 @@ mod index;
 mod keymap;
 mod log;
 mod producers;
-mod record_codec;
+pub(crate) mod record_codec;
 mod segment;
 mod transactions;
 
