@@ -105,6 +105,7 @@ async fn run_with<S: Sink>(ctx: &mut TaskContext, mut sink: S) -> Result<(), Con
     let mut positions = open(ctx, &mut sink, &partitions).await?;
     let mut appends = ctx.broker.subscribe_appends();
     let mut attempt = 0;
+    let mut group_commit: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if ctx.checkpoint_control().await == Control::Stop {
             return Ok(());
@@ -125,7 +126,7 @@ async fn run_with<S: Sink>(ctx: &mut TaskContext, mut sink: S) -> Result<(), Con
             Ok(()) => {
                 attempt = 0;
                 positions = next;
-                commit_group(ctx, &sink, &positions).await?;
+                commit_group(ctx, &sink, &positions, &mut group_commit).await?;
                 ctx.shared.add(count - rejected.len() as u64, rejected.len() as u64);
             }
             Err(e) if e.is_retriable() && attempt < ctx.common.max_retries => {
@@ -284,8 +285,16 @@ async fn deliver<S: Sink>(
     }
 }
 
-/// Records the task's positions under the group `connect-<name>`.
-async fn commit_group<S: Sink>(ctx: &TaskContext, sink: &S, positions: &Positions) -> Result<(), ConnectError> {
+/// Records the task's positions under the group `connect-<name>`. When the group is not the
+/// sink's commit point (PostgreSQL's is its offsets table) the commit runs in the background,
+/// one at a time (a commit still running when the next batch is done skips that batch's: the
+/// next carries newer positions), so its fsync is not on the write path.
+async fn commit_group<S: Sink>(
+    ctx: &TaskContext,
+    sink: &S,
+    positions: &Positions,
+    background: &mut Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), ConnectError> {
     let metadata = sink.group_metadata();
     let offsets: Vec<GroupOffset> = positions
         .iter()
@@ -297,14 +306,24 @@ async fn commit_group<S: Sink>(ctx: &TaskContext, sink: &S, positions: &Position
         })
         .collect();
     let group = group_id(&ctx.common.name);
-    match ctx.broker.commit_group_offsets(&group, &offsets).await {
-        Ok(()) => Ok(()),
-        Err(e) if metadata.is_some() => Err(ConnectError::Storage(e.to_string())),
-        Err(e) => {
-            tracing::warn!(connector = %ctx.common.name, error = %e, "cannot record positions in the group");
-            Ok(())
-        }
+    if metadata.is_some() {
+        return ctx
+            .broker
+            .commit_group_offsets(&group, &offsets)
+            .await
+            .map_err(|e| ConnectError::Storage(e.to_string()));
     }
+    if background.as_ref().is_some_and(|b| !b.is_finished()) {
+        return Ok(());
+    }
+    let broker = std::sync::Arc::clone(&ctx.broker);
+    let connector = ctx.common.name.clone();
+    *background = Some(tokio::spawn(async move {
+        if let Err(e) = broker.commit_group_offsets(&group, &offsets).await {
+            tracing::warn!(%connector, error = %e, "cannot record positions in the group");
+        }
+    }));
+    Ok(())
 }
 
 /// The consumer group a sink's positions are shown under.

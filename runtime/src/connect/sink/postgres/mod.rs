@@ -114,6 +114,8 @@ pub(crate) struct PostgresSink {
 /// A table's operations in one batch.
 struct TableOps {
     parts: Vec<String>,
+    /// Primary key columns (from `pk.fields`, or the first record's key).
+    pk: Vec<String>,
     ops: Vec<Op>,
 }
 
@@ -140,7 +142,8 @@ impl PostgresSink {
                 Ok(Some(op)) => {
                     let parts = self.settings.table_for(&record.topic);
                     let name = quote_table(&parts);
-                    tables.entry(name).or_insert_with(|| TableOps { parts, ops: Vec::new() }).ops.push(op);
+                    let pk = || self.settings.mapping.pk_columns(record.key.as_deref());
+                    tables.entry(name).or_insert_with(|| TableOps { parts, pk: pk(), ops: Vec::new() }).ops.push(op);
                 }
                 Ok(None) => {}
                 Err(e) => rejected.push((index, e)),
@@ -200,11 +203,7 @@ impl Sink for PostgresSink {
         let mut staging = 0;
         for (name, table) in tables {
             let info = cache.get(&name).cloned().unwrap_or_default();
-            let sample = table.ops.first().map(|op| match op {
-                Op::Delete { key, .. } => key.clone(),
-                Op::Write { row, .. } => row.clone(),
-            });
-            let pk = settings.mapping.pk_columns(sample.as_ref());
+            let pk = table.pk;
             for segment in plan(table.ops, settings.mode, &pk) {
                 staging += 1;
                 let target = Target { name: &name, info: &info, pk: &pk, staging };
@@ -281,8 +280,7 @@ async fn ensure_table(
             return Err(ConnectError::Postgres(format!("table {name} does not exist (auto.create=false)")));
         }
         None => {
-            let sample = rows.first().map(|(_, r)| (*r).clone());
-            let pk = settings.mapping.pk_columns(sample.as_ref());
+            let pk = &table.pk;
             let mut parts: Vec<String> = columns.iter().map(definition).collect();
             if !pk.is_empty() {
                 parts.push(format!("PRIMARY KEY ({})", pk.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")));
@@ -370,10 +368,10 @@ type ColumnGroup = (Vec<String>, Vec<(usize, Row)>);
 fn group_by_columns(rows: Vec<(usize, Row)>) -> Vec<ColumnGroup> {
     let mut groups: Vec<ColumnGroup> = Vec::new();
     for (index, row) in rows {
-        let columns: Vec<String> = row.keys().cloned().collect();
-        match groups.iter_mut().find(|(c, _)| *c == columns) {
+        // Compared in place: rows almost always share their columns, so no allocation per row.
+        match groups.iter_mut().find(|(c, _)| c.iter().eq(row.keys())) {
             Some((_, group)) => group.push((index, row)),
-            None => groups.push((columns, vec![(index, row)])),
+            None => groups.push((row.keys().cloned().collect(), vec![(index, row)])),
         }
     }
     groups

@@ -76,13 +76,13 @@ impl Mapping {
         Ok(Some(Op::Write { index, row }))
     }
 
-    /// The primary key columns, in order.
-    pub(crate) fn pk_columns(&self, sample_key: Option<&Row>) -> Vec<String> {
+    /// The primary key columns, in order; without `pk.fields`, a record key's fields.
+    pub(crate) fn pk_columns(&self, sample_key: Option<&[u8]>) -> Vec<String> {
         match self.pk_mode {
             PkMode::None => Vec::new(),
             PkMode::RecordValue => self.pk_fields.clone(),
             PkMode::RecordKey if !self.pk_fields.is_empty() => self.pk_fields.clone(),
-            PkMode::RecordKey => sample_key.map(|k| k.keys().cloned().collect()).unwrap_or_default(),
+            PkMode::RecordKey => self.key_columns(sample_key).map(|k| k.into_keys().collect()).unwrap_or_default(),
         }
     }
 
@@ -229,26 +229,26 @@ pub(crate) fn csv_line(out: &mut Vec<u8>, row: &Row, columns: &[String], json_co
         }
         match row.get(column) {
             None | Some(Value::Null) => {}
-            Some(value) => {
-                let text = match value {
-                    _ if json_columns[i] => value.to_string(),
-                    Value::String(s) => s.clone(),
-                    Value::Bool(b) => b.to_string(),
-                    Value::Number(n) => n.to_string(),
-                    other => other.to_string(),
-                };
-                out.push(b'"');
-                for byte in text.bytes() {
-                    if byte == b'"' {
-                        out.push(b'"');
-                    }
-                    out.push(byte);
-                }
-                out.push(b'"');
-            }
+            // Numbers and booleans need no quotes; everything else is quoted.
+            Some(Value::Number(n)) if !json_columns[i] => out.extend_from_slice(n.to_string().as_bytes()),
+            Some(Value::Bool(b)) if !json_columns[i] => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Some(Value::String(s)) if !json_columns[i] => quoted(out, s.as_bytes()),
+            Some(value) => quoted(out, value.to_string().as_bytes()),
         }
     }
     out.push(b'\n');
+}
+
+/// A CSV field in quotes, inner quotes doubled.
+fn quoted(out: &mut Vec<u8>, text: &[u8]) {
+    out.push(b'"');
+    for &byte in text {
+        if byte == b'"' {
+            out.push(b'"');
+        }
+        out.push(byte);
+    }
+    out.push(b'"');
 }
 
 /// The 1-based line a COPY error names in its context (`COPY t, line 3, column v: ...`).
@@ -286,6 +286,14 @@ mod tests {
         let by_value = Mapping { pk_mode: PkMode::RecordValue, pk_fields: vec!["id".into()], delete_enabled: false };
         assert!(by_value.op(4, None, Some(br#"{"id": 1}"#)).is_ok());
         assert!(by_value.op(5, None, Some(br#"{"name": 1}"#)).is_err());
+    }
+
+    #[test]
+    fn primary_keys_come_from_the_key_not_the_value() {
+        assert_eq!(by_key().pk_columns(Some(br#"{"a": 1, "b": 2}"#)), vec!["a", "b"]);
+        assert_eq!(by_key().pk_columns(Some(b"plain")), vec!["id"]);
+        let named = Mapping { pk_fields: vec!["k".into()], ..by_key() };
+        assert_eq!(named.pk_columns(Some(br#"{"a": 1}"#)), vec!["k"]);
     }
 
     #[test]
