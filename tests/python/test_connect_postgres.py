@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import threading
 import time
 
@@ -77,7 +78,7 @@ def count(pg, database: str, table: str, where: str = "true") -> int:
         return 0  # not created yet
 
 
-def test_100k_records_land_as_exactly_these_rows(broker, postgres_server, pg_database):
+def test_100k_records_land_as_exactly_these_rows(runnel_bin, broker, postgres_server, pg_database):
     topic = unique_topic("pg-100k")
     create_topic(broker.bootstrap, topic, partitions=4)
     values = events(100_000)
@@ -97,6 +98,16 @@ def test_100k_records_land_as_exactly_these_rows(broker, postgres_server, pg_dat
     status = connector_status(broker, "pg100k")
     assert [t["state"] for t in status["tasks"]] == ["RUNNING", "RUNNING"]
     assert sum(t["records"] for t in status["tasks"]) == 100_000
+
+    def group_lags():
+        env = {"RUNNEL_BROKERS": broker.bootstrap, "RUNNEL_ADMIN": broker.admin_url, "PATH": "/usr/bin:/bin"}
+        out = subprocess.run([str(runnel_bin), "group", "describe", "connect-pg100k"], capture_output=True,
+                             text=True, timeout=30, env=env).stdout
+        rows = [line.split() for line in out.splitlines() if line.startswith(topic)]
+        return rows if len(rows) == 4 and all(r[4] == "0" for r in rows) else None
+
+    # The positions also show under the consumer group connect-<name>, with no lag left.
+    wait_until("group lag 0", group_lags)
 
 
 def test_upserts_deletes_and_evolution(broker, postgres_server, pg_database):

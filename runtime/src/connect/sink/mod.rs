@@ -105,7 +105,7 @@ async fn run_with<S: Sink>(ctx: &mut TaskContext, mut sink: S) -> Result<(), Con
     let mut positions = open(ctx, &mut sink, &partitions).await?;
     let mut appends = ctx.broker.subscribe_appends();
     let mut attempt = 0;
-    let mut group_commit: Option<tokio::task::JoinHandle<()>> = None;
+    let mut group_commit = GroupCommit::default();
     loop {
         if ctx.checkpoint_control().await == Control::Stop {
             return Ok(());
@@ -113,6 +113,8 @@ async fn run_with<S: Sink>(ctx: &mut TaskContext, mut sink: S) -> Result<(), Con
         let (records, next) = read_batch(ctx, &positions, sink.batch_max())?;
         if records.is_empty() {
             positions = next; // only control batches or aborted data were passed
+                              // Idle: a group commit skipped while another ran is made up now.
+            commit_group(ctx, &sink, &positions, &mut group_commit).await?;
             tokio::select! {
                 _ = appends.changed() => {}
                 _ = tokio::time::sleep(IDLE_WAIT) => {}
@@ -293,9 +295,12 @@ async fn commit_group<S: Sink>(
     ctx: &TaskContext,
     sink: &S,
     positions: &Positions,
-    background: &mut Option<tokio::task::JoinHandle<()>>,
+    background: &mut GroupCommit,
 ) -> Result<(), ConnectError> {
     let metadata = sink.group_metadata();
+    if background.committed.as_ref() == Some(positions) {
+        return Ok(());
+    }
     let offsets: Vec<GroupOffset> = positions
         .iter()
         .map(|((topic, partition), offset)| GroupOffset {
@@ -307,23 +312,29 @@ async fn commit_group<S: Sink>(
         .collect();
     let group = group_id(&ctx.common.name);
     if metadata.is_some() {
-        return ctx
-            .broker
-            .commit_group_offsets(&group, &offsets)
-            .await
-            .map_err(|e| ConnectError::Storage(e.to_string()));
+        ctx.broker.commit_group_offsets(&group, &offsets).await.map_err(|e| ConnectError::Storage(e.to_string()))?;
+        background.committed = Some(positions.clone());
+        return Ok(());
     }
-    if background.as_ref().is_some_and(|b| !b.is_finished()) {
+    if background.running.as_ref().is_some_and(|b| !b.is_finished()) {
         return Ok(());
     }
     let broker = std::sync::Arc::clone(&ctx.broker);
     let connector = ctx.common.name.clone();
-    *background = Some(tokio::spawn(async move {
+    background.committed = Some(positions.clone());
+    background.running = Some(tokio::spawn(async move {
         if let Err(e) = broker.commit_group_offsets(&group, &offsets).await {
             tracing::warn!(%connector, error = %e, "cannot record positions in the group");
         }
     }));
     Ok(())
+}
+
+/// The group commit running in the background, and the positions last handed to one.
+#[derive(Default)]
+struct GroupCommit {
+    running: Option<tokio::task::JoinHandle<()>>,
+    committed: Option<Positions>,
 }
 
 /// The consumer group a sink's positions are shown under.
