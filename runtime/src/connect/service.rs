@@ -21,6 +21,9 @@ use crate::transform::{ComputePool, ProcessorFactory};
 
 /// Connectors per broker: each runs tasks and may hold connections.
 pub const CONNECTORS_MAX: usize = 1000;
+/// How long a stopping task may take to reach its next batch boundary before it is aborted:
+/// shorter than the test harness's and a service manager's stop timeouts.
+const TASK_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Connect reports which worker runs a task; here it is always this broker.
 const WORKER_ID: &str = "runnel";
 
@@ -243,7 +246,7 @@ impl ConnectService {
         }
         for slot in &mut running.tasks {
             if let Some(handle) = slot.handle.take() {
-                let _ = handle.await;
+                join_or_abort(handle, name).await;
             }
         }
         Some(running)
@@ -302,7 +305,7 @@ impl ConnectService {
             slot.handle.take()
         };
         if let Some(handle) = handle {
-            let _ = handle.await;
+            join_or_abort(handle, name).await;
         }
         let mut connectors = self.lock();
         let running = connectors.get_mut(name).ok_or_else(|| ConnectError::NotFound(name.to_string()))?;
@@ -379,6 +382,18 @@ impl ConnectService {
         for name in names {
             self.stop(&name).await;
         }
+    }
+}
+
+/// Waits for a stopping task; one that does not stop in time (a database that stopped
+/// answering) is aborted. That is safe: an unfinished PostgreSQL transaction is rolled back with
+/// its connection, a file sink cuts its file back to the committed length at its next start,
+/// and a source's checkpoint is written before its batches.
+async fn join_or_abort(mut handle: JoinHandle<()>, name: &str) {
+    if tokio::time::timeout(TASK_STOP_WAIT, &mut handle).await.is_err() {
+        tracing::warn!(connector = %name, "a task did not stop in {TASK_STOP_WAIT:?}; aborting it");
+        handle.abort();
+        let _ = handle.await;
     }
 }
 

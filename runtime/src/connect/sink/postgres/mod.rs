@@ -109,6 +109,10 @@ pub(crate) struct PostgresSink {
     connector: String,
     client: Option<Client>,
     tables: HashMap<String, TableInfo>,
+    /// Upsert staging tables of this connection, by table: (name, columns it was made with).
+    /// Made once (`ON COMMIT DELETE ROWS`), not per transaction: creating and dropping a table's
+    /// files every batch cost more than the COPY into it.
+    stages: HashMap<String, (String, usize)>,
 }
 
 /// A table's operations in one batch.
@@ -126,6 +130,7 @@ impl PostgresSink {
             connector: ctx.common.name.clone(),
             client: None,
             tables: HashMap::new(),
+            stages: HashMap::new(),
         })
     }
 
@@ -157,6 +162,7 @@ impl Sink for PostgresSink {
     async fn open(&mut self, _partitions: &[(String, i32)]) -> Result<Positions, ConnectError> {
         self.client = None;
         self.tables.clear();
+        self.stages.clear(); // temporary tables end with their connection
         let client = connect(&self.settings.pg).await?;
         let table = &self.settings.offsets_table;
         let create = format!(
@@ -191,10 +197,14 @@ impl Sink for PostgresSink {
         if !rejected.is_empty() {
             return Ok(Written::Rejected(rejected));
         }
-        let PostgresSink { settings, connector, client, tables: cache } = self;
+        let PostgresSink { settings, connector, client, tables: cache, stages } = self;
         let client = client.as_mut().ok_or_else(|| ConnectError::PostgresRetriable("not connected".into()))?;
-        for table in tables.values() {
+        for (name, table) in &tables {
             rejected.extend(ensure_table(client, cache, settings, table).await?);
+            if settings.mode == InsertMode::Upsert && !table.pk.is_empty() {
+                let columns = cache.get(name).map_or(0, |info| info.columns.len());
+                ensure_stage(client, stages, name, columns).await?;
+            }
         }
         if !rejected.is_empty() {
             return Ok(Written::Rejected(rejected));
@@ -206,7 +216,8 @@ impl Sink for PostgresSink {
             let pk = table.pk;
             for segment in plan(table.ops, settings.mode, &pk) {
                 staging += 1;
-                let target = Target { name: &name, info: &info, pk: &pk, staging };
+                let upsert_stage = stages.get(&name).map(|(stage, _)| stage.as_str());
+                let target = Target { name: &name, info: &info, pk: &pk, staging, upsert_stage };
                 rejected.extend(apply_segment(&tx, &target, settings.mode, segment).await?);
             }
         }
@@ -231,6 +242,32 @@ struct Target<'a> {
     pk: &'a [String],
     /// A number unique within the transaction, for staging table names.
     staging: usize,
+    /// The connection's upsert staging table for this table.
+    upsert_stage: Option<&'a str>,
+}
+
+/// Makes the upsert staging table of `table` (again, when the table gained columns).
+async fn ensure_stage(
+    client: &Client,
+    stages: &mut HashMap<String, (String, usize)>,
+    table: &str,
+    columns: usize,
+) -> Result<(), ConnectError> {
+    if stages.get(table).is_some_and(|(_, made_with)| *made_with == columns) {
+        return Ok(());
+    }
+    if let Some((stage, _)) = stages.remove(table) {
+        client.batch_execute(&format!("DROP TABLE IF EXISTS {stage}")).await.map_err(classify)?;
+    }
+    // Named after the table and its width: stable for the connection, distinct per table.
+    let stage = format!("runnel_upsert_{:08x}_{columns}", crc32c::crc32c(table.as_bytes()));
+    let create = format!(
+        "DROP TABLE IF EXISTS {stage}; CREATE TEMP TABLE {stage} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) \
+         ON COMMIT DELETE ROWS"
+    );
+    client.batch_execute(&create).await.map_err(classify)?;
+    stages.insert(table.to_string(), (stage, columns));
+    Ok(())
 }
 
 async fn load_table(client: &Client, name: &str) -> Result<Option<TableInfo>, ConnectError> {
@@ -384,16 +421,12 @@ async fn upsert(
     target: &Target<'_>,
     groups: Vec<ColumnGroup>,
 ) -> Result<Vec<(usize, String)>, ConnectError> {
-    let stage = format!("runnel_stage_{}", target.staging);
-    let create = format!(
-        "CREATE TEMP TABLE {stage} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP",
-        target.name
-    );
-    tx.batch_execute(&create).await.map_err(classify)?;
+    let stage =
+        target.upsert_stage.ok_or_else(|| ConnectError::Internal(format!("no staging table for {}", target.name)))?;
     let mut bad = Vec::new();
     let mut staged = Vec::new();
     for (columns, rows) in groups {
-        let (copied, refused) = copy_rows(tx, &stage, target.info, &columns, rows).await?;
+        let (copied, refused) = copy_rows(tx, stage, target.info, &columns, rows).await?;
         bad.extend(refused);
         staged.extend(copied.into_iter().map(|(index, row)| (columns.clone(), index, row)));
     }
@@ -420,7 +453,7 @@ async fn upsert(
             tx.batch_execute("ROLLBACK TO SAVEPOINT runnel_upsert").await.map_err(classify)?;
             for (row_columns, index, row) in staged {
                 tx.batch_execute(&format!("SAVEPOINT runnel_row; TRUNCATE {stage}")).await.map_err(classify)?;
-                let (_, mut one_bad) = copy_rows(tx, &stage, target.info, &row_columns, vec![(index, row)]).await?;
+                let (_, mut one_bad) = copy_rows(tx, stage, target.info, &row_columns, vec![(index, row)]).await?;
                 let failed = match one_bad.pop() {
                     Some(failure) => Some(failure),
                     None => tx.batch_execute(&insert).await.err().map(|e| (index, describe(&e))),
