@@ -57,6 +57,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::TransformCommand,
     },
+    /// Create and operate hosted connectors (Kafka Connect's REST API on the admin port)
+    Connector {
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+        #[command(subcommand)]
+        command: cli::ConnectorCommand,
+    },
     /// Benchmark a running broker with librdkafka; results are ratios to this machine's ceiling
     Bench {
         #[command(subcommand)]
@@ -87,6 +94,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Produce { connect, args } => runtime()?.block_on(cli::run_produce(&connect, args)),
         Command::Consume { connect, args } => runtime()?.block_on(cli::run_consume(&connect, args)),
         Command::Transform { connect, command } => runtime()?.block_on(cli::run_transform(&connect, command)),
+        Command::Connector { connect, command } => runtime()?.block_on(cli::run_connector(&connect, command)),
     }
 }
 

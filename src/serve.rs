@@ -77,13 +77,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let factory = crate::wasm::factory(&data_dir)?;
     let threads = args.transform_threads.unwrap_or_else(runnel_runtime::transform::ComputePool::default_threads);
     let pool = runnel_runtime::transform::ComputePool::new(threads);
-    let service = runnel_runtime::transform::TransformService::start(std::sync::Arc::clone(&broker), factory, pool)
-        .context("starting transforms")?;
-    let routes = runnel_runtime::transform::http::routes(std::sync::Arc::clone(&service));
+    let service = runnel_runtime::transform::TransformService::start(
+        std::sync::Arc::clone(&broker),
+        std::sync::Arc::clone(&factory),
+        std::sync::Arc::clone(&pool),
+    )
+    .context("starting transforms")?;
+    let connect = runnel_runtime::connect::ConnectService::start(std::sync::Arc::clone(&broker), factory, pool)
+        .context("starting connectors")?;
+    let routes = runnel_runtime::transform::http::routes(std::sync::Arc::clone(&service))
+        .merge(runnel_runtime::connect::http::routes(std::sync::Arc::clone(&connect)));
     let listeners = runnel_broker::server::Listeners::bind(&broker).await?;
-    // Transforms stop at a batch boundary before the server drains and the logs close.
+    // Transforms and connectors stop at a batch boundary before the server drains and the logs close.
     let shutdown = async move {
         shutdown_signal().await;
+        connect.shutdown().await;
         service.shutdown().await;
     };
     runnel_broker::server::serve_with_routes(broker, listeners, routes, shutdown).await?;

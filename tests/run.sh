@@ -12,7 +12,8 @@
 #   RUNNEL_SKIP_RUST_TESTS  set to 1 to skip `cargo test` (quicker loop on the Python suite)
 #   RUNNEL_TEST_SEED        seed for the randomized tests (crash points, hostile bytes)
 #
-# On a fresh Debian machine as root it installs what is missing (kcat, python3-venv, nodejs) with
+# On a fresh Debian machine as root it installs what is missing (kcat, python3-venv, nodejs,
+# postgresql) with
 # apt, and kafkajs with npm into ~/.cache/runnel/node.
 set -euo pipefail
 
@@ -40,6 +41,13 @@ apt_install() {
 
 if ! command -v kcat >/dev/null 2>&1; then
     apt_install kcat
+fi
+
+# The connector tests start a throwaway PostgreSQL (initdb + pg_ctl as the postgres user) and read
+# it with psql.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1 \
+    || ! command -v runuser >/dev/null 2>&1; then
+    apt_install postgresql postgresql-client util-linux
 fi
 
 # kafkajs (a client that never uses flexible versions) runs on Node.js.

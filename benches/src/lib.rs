@@ -10,6 +10,7 @@
 
 mod ceiling;
 pub mod compaction;
+mod connect;
 mod group;
 mod kafka;
 mod transform;
@@ -35,6 +36,9 @@ pub enum BenchCommand {
     /// WASM transforms on an embedded broker: WASM vs native closure (host and pipeline),
     /// the latency a transform adds, and produce latency while hostile modules spin
     Transform(transform::TransformArgs),
+    /// Hosted connectors on an embedded broker: PostgreSQL sink rows/s against `psql \copy` of
+    /// the same rows in the same run, and source throughput
+    Connect(connect::ConnectArgs),
     /// Log cleaner throughput (MB/s read and written, share kept) on a generated log, in process
     Compaction(compaction::CompactionArgs),
 }
@@ -160,6 +164,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Group(args) => run_group(args)?,
         BenchCommand::Transform(args) => transform::run(args)?,
         BenchCommand::Compaction(args) => compaction::report(&args)?,
+        BenchCommand::Connect(args) => connect::run(args)?,
     }
     Ok(())
 }

@@ -12,6 +12,24 @@ use crate::metadata::{
 use crate::metrics::Metrics;
 use crate::storage::{Clock, PartitionLog, StorageError, SystemClock};
 
+/// A committed position of a consumer group, as in-process consumers (connectors) read and
+/// write it: the same offsets `OffsetCommit`/`OffsetFetch` serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub metadata: String,
+}
+
+/// Why an in-process offset commit was refused (e.g. the group has members of its own).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot commit offsets of group {group_id}: {reason}")]
+pub struct GroupCommitError {
+    pub group_id: String,
+    pub reason: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("data directory {path} is in use by another runnel process")]
@@ -141,6 +159,51 @@ impl Broker {
 
     pub(crate) fn txns(&self) -> &crate::txn::TxnCoordinator {
         &self.txns
+    }
+
+    /// Commits `offsets` for `group_id` as a client without group management does (generation
+    /// -1, no member id) and waits until the commit is fsynced. A group with active members
+    /// refuses it (UNKNOWN_MEMBER_ID), as Kafka does.
+    pub async fn commit_group_offsets(&self, group_id: &str, offsets: &[GroupOffset]) -> Result<(), GroupCommitError> {
+        let refused = |reason: String| GroupCommitError { group_id: group_id.to_string(), reason };
+        let request = crate::groups::CommitRequest {
+            group_id: group_id.to_string(),
+            member_id: String::new(),
+            group_instance_id: None,
+            generation_id: -1,
+            missing_group_error: crate::groups::GroupError::GroupIdNotFound,
+            partitions: offsets
+                .iter()
+                .map(|o| crate::groups::CommitPartition {
+                    topic: o.topic.clone(),
+                    partition: o.partition,
+                    offset: o.offset,
+                    leader_epoch: -1,
+                    metadata: Some(o.metadata.clone()),
+                })
+                .collect(),
+        };
+        let reply = self.groups.commit(self, request);
+        if let Some((o, Err(e))) = offsets.iter().zip(&reply.results).find(|(_, r)| r.is_err()) {
+            return Err(refused(format!("{}-{}: {e}", o.topic, o.partition)));
+        }
+        if let Some(durable) = reply.durable {
+            durable.wait().await.map_err(|e| refused(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Every offset `group_id` has committed (none for an unknown group).
+    pub fn group_offsets(&self, group_id: &str) -> Vec<GroupOffset> {
+        let mut found = Vec::new();
+        for (topic, partitions) in self.groups.fetch_offsets(group_id, None) {
+            for (partition, committed) in partitions {
+                if let Some(c) = committed {
+                    found.push(GroupOffset { topic: topic.clone(), partition, offset: c.offset, metadata: c.metadata });
+                }
+            }
+        }
+        found
     }
 
     pub fn metadata(&self) -> Arc<MetadataImage> {
@@ -369,5 +432,42 @@ fn load_or_create_cluster_id(path: &Path) -> std::io::Result<String> {
             std::fs::write(path, &id)?;
             Ok(id)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Arc<Broker> {
+        Broker::open(BrokerConfig { data_dir: dir.to_path_buf(), ..Default::default() }).expect("open")
+    }
+
+    #[tokio::test]
+    async fn in_process_offset_commits_are_durable_and_fetchable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let offset =
+            |partition, offset| GroupOffset { topic: "t".into(), partition, offset, metadata: format!("m{offset}") };
+        {
+            let broker = open(dir.path());
+            let command = MetadataCommand::CreateTopic {
+                name: "t".into(),
+                topic_id: uuid::Uuid::new_v4().to_string(),
+                partitions: 2,
+                configs: Default::default(),
+            };
+            broker.propose(command).expect("create topic");
+            assert!(broker.group_offsets("connect-x").is_empty());
+            broker.commit_group_offsets("connect-x", &[offset(0, 5), offset(1, 7)]).await.expect("commit");
+            broker.commit_group_offsets("connect-x", &[offset(1, 9)]).await.expect("commit");
+            // A partition that does not exist is refused, naming it.
+            let refused = broker.commit_group_offsets("connect-x", &[offset(4, 1)]).await;
+            assert!(refused.is_err_and(|e| e.reason.contains("t-4")));
+            broker.close();
+        }
+        let broker = open(dir.path());
+        let mut found = broker.group_offsets("connect-x");
+        found.sort_by_key(|o| o.partition);
+        assert_eq!(found, vec![offset(0, 5), offset(1, 9)]);
     }
 }

@@ -30,4 +30,4 @@ mod broker;
 mod log_cleaner;
 mod metrics;
 
-pub use broker::{Broker, BrokerError, Partition};
+pub use broker::{Broker, BrokerError, GroupCommitError, GroupOffset, Partition};

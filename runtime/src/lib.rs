@@ -33,9 +33,11 @@
 //! Layout: `wasm/` is the host (engine, module loading, instances, ABI codec, host imports,
 //! WASI subset, limits, cache); `bench` measures it; [`transform`] runs modules beside each
 //! input partition of the broker (registry, per-partition instances, exactly-once commits,
-//! `/v1/transforms`; see `docs/TRANSFORMS.md`). Connectors and SQL attach here later.
+//! `/v1/transforms`; see `docs/TRANSFORMS.md`); [`connect`] hosts Kafka-Connect-style
+//! connectors (`/connectors`; see `docs/CONNECTORS.md`). SQL attaches here later.
 
 pub mod bench;
+pub mod connect;
 pub mod transform;
 mod wasm;
 

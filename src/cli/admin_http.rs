@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client for the admin API (`--admin`), used by `runnel transform ...`.
+//! A small HTTP/1.1 client for the admin API (`--admin`), used by `runnel transform ...` and
+//! `runnel connector ...`.
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -47,7 +48,8 @@ pub(crate) fn check(status: hyper::StatusCode, body: &Bytes) -> anyhow::Result<(
     }
     let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        // Runnel's `{"error": ...}`, or Kafka Connect's `{"error_code": ..., "message": ...}`.
+        .and_then(|v| v.get("error").or_else(|| v.get("message")).and_then(|e| e.as_str()).map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
     // One line, whatever the server wrote.
     let message = message.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -8,6 +8,7 @@
 mod admin_http;
 mod client;
 mod cluster;
+mod connector;
 mod consume;
 mod error;
 mod format;
@@ -20,6 +21,7 @@ mod transform;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+pub(crate) use connector::{run as run_connector, ConnectorCommand};
 pub(crate) use group::GroupCommand;
 pub(crate) use transform::{run as run_transform, TransformCommand};
 

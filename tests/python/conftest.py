@@ -81,3 +81,21 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         for broker in getattr(item, _BROKERS_ATTR, []):
             report.sections.append((f"runnel broker output ({broker.log_path.name})", broker.stderr_tail()))
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the connector tests (initdb + pg_ctl on a free port)."""
+    from connect_support import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_database(postgres_server, request) -> str:
+    """A fresh database on the shared server, named after the test."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    postgres_server.psql(f'DROP DATABASE IF EXISTS "{name}"')
+    return postgres_server.create_database(name)

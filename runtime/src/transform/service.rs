@@ -391,7 +391,7 @@ fn summarize(paused: bool, instances: &[InstanceInfo]) -> String {
 
 /// Creates an internal topic if missing (compacted, never expired by time), or grows it to
 /// `partitions`.
-fn ensure_topic(broker: &Broker, name: &str, partitions: i32) -> Result<(), TransformError> {
+pub(crate) fn ensure_topic(broker: &Broker, name: &str, partitions: i32) -> Result<(), TransformError> {
     if let Some(existing) = broker.topic(name) {
         if existing.partitions >= partitions {
             return Ok(());

@@ -1,0 +1,141 @@
+//! The JSON-lines file sink (`file-sink`, Connect's `FileStreamSinkConnector`): one line per
+//! record — the value when it is JSON (compacted onto one line), else the value as a JSON
+//! string, `null` for a tombstone; with `file.format=envelope`, an object with topic,
+//! partition, offset, timestamp, key and value.
+//!
+//! Exactly-once: lines are written and fsynced, then the positions are committed under the
+//! group `connect-<name>` with the file's length in the commit metadata. On start the file is
+//! cut back to that length (dropping lines written after the last commit) and reading resumes
+//! from the committed positions.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{group_id, Positions, Sink, SinkRecord, Written};
+use crate::connect::config::Settings;
+use crate::connect::task::TaskContext;
+use crate::connect::ConnectError;
+
+const METADATA_PREFIX: &str = "file.bytes=";
+/// Records per write (one write and one fsync each).
+const BATCH_RECORDS_MAX: usize = 5000;
+
+pub(crate) struct FileSink {
+    path: PathBuf,
+    envelope: bool,
+    broker: Arc<runnel_broker::Broker>,
+    group: String,
+    file: Option<Arc<std::fs::File>>,
+    bytes: u64,
+}
+
+impl FileSink {
+    pub(crate) fn new(ctx: &TaskContext) -> Result<FileSink, ConnectError> {
+        let settings = Settings(&ctx.config);
+        let envelope = settings.one_of("file.format", "value", &["value", "envelope"])? == "envelope";
+        Ok(FileSink {
+            path: PathBuf::from(settings.required("file")?),
+            envelope,
+            broker: Arc::clone(&ctx.broker),
+            group: group_id(&ctx.common.name),
+            file: None,
+            bytes: 0,
+        })
+    }
+
+    /// Checks the file-specific settings.
+    pub(crate) fn validate(settings: Settings<'_>) -> Result<(), ConnectError> {
+        settings.required("file")?;
+        settings.one_of("file.format", "value", &["value", "envelope"])?;
+        Ok(())
+    }
+}
+
+impl Sink for FileSink {
+    async fn open(&mut self, _partitions: &[(String, i32)]) -> Result<Positions, ConnectError> {
+        let committed = self.broker.group_offsets(&self.group);
+        let length =
+            committed.iter().filter_map(|o| o.metadata.strip_prefix(METADATA_PREFIX)?.parse::<u64>().ok()).max();
+        let path = self.path.clone();
+        let io = |e: std::io::Error| ConnectError::Io(format!("{}: {e}", path.display()));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io)?;
+        let current = file.metadata().map_err(io)?.len();
+        self.bytes = match length {
+            Some(length) if length < current => {
+                // Lines written after the last commit: they are written again from the positions.
+                file.set_len(length).map_err(io)?;
+                file.sync_all().map_err(io)?;
+                length
+            }
+            Some(length) if length > current => {
+                tracing::warn!(file = %self.path.display(), length, current, "file is shorter than committed (truncated by someone else?)");
+                current
+            }
+            _ => current,
+        };
+        self.file = Some(Arc::new(file));
+        Ok(committed.into_iter().map(|o| ((o.topic, o.partition), o.offset)).collect())
+    }
+
+    async fn write(&mut self, records: &[SinkRecord], _positions: &Positions) -> Result<Written, ConnectError> {
+        let file = self.file.clone().ok_or_else(|| ConnectError::Internal("file sink not open".into()))?;
+        let mut buffer = Vec::with_capacity(records.len() * 64);
+        for record in records {
+            let line = if self.envelope { envelope(record) } else { value_json(record.value.as_deref()) };
+            serde_json::to_writer(&mut buffer, &line).map_err(|e| ConnectError::Internal(e.to_string()))?;
+            buffer.push(b'\n');
+        }
+        let written = buffer.len() as u64;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            (&*file).write_all(&buffer)?;
+            file.sync_data()
+        })
+        .await
+        .map_err(|e| ConnectError::Internal(e.to_string()))?
+        .map_err(|e| ConnectError::Io(format!("{}: {e}", path.display())))?;
+        self.bytes += written;
+        Ok(Written::Committed)
+    }
+
+    fn batch_max(&self) -> usize {
+        BATCH_RECORDS_MAX
+    }
+
+    fn group_metadata(&self) -> Option<String> {
+        Some(format!("{METADATA_PREFIX}{}", self.bytes))
+    }
+}
+
+/// A value as JSON: parsed when it is JSON, else a string; `null` for a tombstone.
+fn value_json(value: Option<&[u8]>) -> serde_json::Value {
+    match value {
+        None => serde_json::Value::Null,
+        Some(bytes) => serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())),
+    }
+}
+
+fn envelope(record: &SinkRecord) -> serde_json::Value {
+    serde_json::json!({
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp_ms,
+        "key": record.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+        "value": value_json(record.value.as_deref()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_become_one_json_line_each() {
+        assert_eq!(value_json(Some(b"{\"a\": 1,\n \"b\": [2]}")).to_string(), r#"{"a":1,"b":[2]}"#);
+        assert_eq!(value_json(Some(b"plain text")).to_string(), r#""plain text""#);
+        assert_eq!(value_json(None).to_string(), "null");
+    }
+}
