@@ -143,11 +143,12 @@ impl ProcessorFactory for NativeFactory {
         Ok(())
     }
     fn instantiate(&self, _setup: InstanceSetup<'_>) -> Result<Box<dyn Processor>, Failure> {
-        Ok(Box::new(NativeProcessor(self.0)))
+        // As json-filter's `config`: the field's path is split once per instance.
+        Ok(Box::new(NativeProcessor(self.0, runnel_sdk::json::Path::new("action"))))
     }
 }
 
-struct NativeProcessor(Logic);
+struct NativeProcessor(Logic, runnel_sdk::json::Path);
 
 impl Processor for NativeProcessor {
     fn process(&mut self, records: &[InRecord]) -> Result<Processed, Failure> {
@@ -165,11 +166,11 @@ impl Processor for NativeProcessor {
             Logic::FilterClicks => records
                 .iter()
                 .filter(|r| {
-                    // What json-filter does with FIELD=action EQUALS=click: `find` the field
-                    // (validating the whole value), compare a string in place, anything else
-                    // by its JSON text.
+                    // What json-filter does with FIELD=action EQUALS=click: `find_path` the
+                    // field (validating the whole value), compare a string in place, anything
+                    // else by its JSON text.
                     let Some(value) = &r.value else { return false };
-                    match runnel_sdk::json::find(value, "action") {
+                    match runnel_sdk::json::find_path(value, &self.1) {
                         Ok(Some(raw)) => match raw.as_str() {
                             Some(text) => text == "click",
                             None => raw.to_value().to_plain_string() == "click",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::transform::processor::{
     Failure, InRecord, InstanceSetup, LogSink, OutRecord, Processed, Processor, ProcessorFactory, SharedState,
 };
-use crate::wasm::abi::{InputRecord, RecordHeader};
+use crate::wasm::abi::{Emitted, InputRecord, OutputRecord, RecordHeader};
 use crate::wasm::engine::{HostConfig, WasmHost};
 use crate::wasm::error::{LoadError, ProcessError};
 use crate::wasm::instance::{InstanceConfig, TransformInstance};
@@ -107,7 +107,7 @@ impl Processor for WasmProcessor {
                 headers,
             })
             .collect();
-        let output = self.instance.process(&input).map_err(failure)?;
+        let output = self.instance.process_emitted(&input).map_err(failure)?;
         forward(&self.log, &output.logs);
         // ABI v1: -1 means "the input record's timestamp"; the SDK resolves it per record, a
         // hand-written guest gets the batch's last input timestamp.
@@ -115,20 +115,34 @@ impl Processor for WasmProcessor {
         let records = output
             .records
             .into_iter()
-            .map(|r| OutRecord {
-                output: r.output_index,
-                timestamp_ms: r.timestamp_or(fallback_ms),
-                key: r.key,
-                value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|h| (String::from_utf8_lossy(&h.name).into_owned(), h.value))
-                    .collect(),
+            .map(|emitted| match emitted {
+                Emitted::Record(record) => Ok(out_record(record, fallback_ms)),
+                // A forwarded input is the record the runner handed in: its bytes are shared,
+                // not copied (decode_emitted checked the index against this batch).
+                Emitted::Input { output_index, input_index } => match records.get(input_index as usize) {
+                    Some(input) => Ok(OutRecord {
+                        output: output_index,
+                        timestamp_ms: input.timestamp_ms,
+                        key: input.key.clone(),
+                        value: input.value.clone(),
+                        headers: input.headers.clone(),
+                    }),
+                    None => Err(Failure::new("output", format!("forwarded input {input_index} is not in the batch"))),
+                },
             })
-            .collect();
+            .collect::<Result<Vec<_>, Failure>>()?;
         let state_changes = output.state_changes.into_iter().map(|c| (c.key, c.value)).collect();
         Ok(Processed { records, state_changes })
+    }
+}
+
+fn out_record(record: OutputRecord, fallback_ms: i64) -> OutRecord {
+    OutRecord {
+        output: record.output_index,
+        timestamp_ms: record.timestamp_or(fallback_ms),
+        key: record.key,
+        value: record.value,
+        headers: record.headers.into_iter().map(|h| (String::from_utf8_lossy(&h.name).into_owned(), h.value)).collect(),
     }
 }
 

@@ -12,6 +12,20 @@ use crate::wasm::limits::Limits;
 /// The ABI version this host speaks, and the `version` field of every input batch.
 pub const ABI_VERSION: i32 = 1;
 
+/// ABI v1 extension `keep-input` (`sdk/ABI.md`, "Extensions"): an output record may name a
+/// record of the input batch to forward unchanged instead of carrying a copy of it.
+pub const FEATURE_KEEP_INPUT: i64 = 1;
+/// The extensions this host offers to a module that exports `runnel_abi_features`. A module
+/// accepts a subset; one that does not export the function gets plain ABI v1.
+pub const HOST_FEATURES: i64 = FEATURE_KEEP_INPUT;
+/// `keep-input`: an output index with this bit set is a forwarded input, followed by its index.
+const FORWARD_INPUT_FLAG: u32 = 1 << 31;
+/// The encoding of a forwarded input: flagged output index, input index.
+const FORWARDED_BYTES: usize = 4 + 4;
+/// The smallest output record in the plain layout: index, timestamp, two null byte strings,
+/// zero headers.
+const RECORD_BYTES_MIN: usize = 4 + 8 + 4 + 4 + 4;
+
 /// Byte-string length meaning null (`i32 len = -1`).
 const NULL_LEN: i32 = -1;
 
@@ -59,6 +73,47 @@ impl OutputRecord {
     pub fn timestamp_or(&self, input_timestamp_ms: i64) -> i64 {
         self.timestamp_ms.unwrap_or(input_timestamp_ms)
     }
+
+    /// `input` forwarded unchanged to `output_index`, its bytes copied (what a `keep-input`
+    /// forward means, for embedders that want every output as an `OutputRecord`). An input
+    /// without a timestamp (negative) gives `None`.
+    pub fn forwarded(output_index: u32, input: &InputRecord<'_>) -> OutputRecord {
+        let copy = |bytes: Option<&[u8]>| bytes.map(Bytes::copy_from_slice);
+        OutputRecord {
+            output_index,
+            timestamp_ms: (input.timestamp_ms >= 0).then_some(input.timestamp_ms),
+            key: copy(input.key),
+            value: copy(input.value),
+            headers: input
+                .headers
+                .iter()
+                .map(|h| OutputHeader { name: Bytes::copy_from_slice(h.name), value: copy(h.value) })
+                .collect(),
+        }
+    }
+}
+
+/// One record a guest emitted: a record it encoded, or (`keep-input`) an input of the batch
+/// passed on unchanged, which the embedder takes from the input it already holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Emitted {
+    Record(OutputRecord),
+    /// Input record `input_index` of the batch (checked to exist), unchanged: key, value,
+    /// headers and timestamp, to output `output_index` (checked against the outputs).
+    Input {
+        output_index: u32,
+        input_index: u32,
+    },
+}
+
+/// Bytes `record` would take as an output record in the plain layout (what a forward of it
+/// counts against the output byte cap).
+fn plain_output_len(record: &InputRecord<'_>) -> usize {
+    let mut size = RECORD_BYTES_MIN + optional_len(record.key) + optional_len(record.value);
+    for header in record.headers {
+        size = size.saturating_add(8 + header.name.len() + optional_len(header.value));
+    }
+    size
 }
 
 /// Bytes `records` take once encoded, batch header included. Saturates instead of
@@ -158,10 +213,33 @@ impl Writer<'_> {
     }
 }
 
-/// Decodes a guest output batch, already copied out of guest memory into `buffer` and already
-/// checked against `output_bytes_max`. Checks every cap and that each record names one of
-/// `outputs` outputs. Key, value and header bytes are slices of `buffer` (no copies).
+/// Decodes a guest output batch in the plain ABI v1 layout, already copied out of guest memory
+/// into `buffer` and already checked against `output_bytes_max`. Checks every cap and that
+/// each record names one of `outputs` outputs. Key, value and header bytes are slices of
+/// `buffer` (no copies).
 pub fn decode_output(buffer: &Bytes, outputs: u32, limits: &Limits) -> Result<Vec<OutputRecord>, ProcessError> {
+    let emitted = decode_emitted(buffer, outputs, &[], 0, limits)?;
+    // Without `keep-input` a flagged output index is just an index past the outputs (refused).
+    Ok(emitted
+        .into_iter()
+        .filter_map(|record| match record {
+            Emitted::Record(record) => Some(record),
+            Emitted::Input { .. } => None,
+        })
+        .collect())
+}
+
+/// [`decode_output`] for a module that accepted the extensions in `features`: with
+/// [`FEATURE_KEEP_INPUT`] a record may forward one of `inputs` (the batch the guest was given).
+/// A forward counts against the caps as the plain record it stands for would (records, value
+/// bytes, and output bytes: `buffer` plus what each forward would have taken).
+pub fn decode_emitted(
+    buffer: &Bytes,
+    outputs: u32,
+    inputs: &[InputRecord<'_>],
+    features: i64,
+    limits: &Limits,
+) -> Result<Vec<Emitted>, ProcessError> {
     let mut reader = Reader { buffer, position: 0 };
     let count = reader.u32("truncated record count")?;
     if count as usize > limits.output_records_max {
@@ -171,42 +249,57 @@ pub fn decode_output(buffer: &Bytes, outputs: u32, limits: &Limits) -> Result<Ve
             max: limits.output_records_max as u64,
         });
     }
-    // Smallest record: index, timestamp, two null byte strings, zero headers.
-    const RECORD_BYTES_MIN: usize = 4 + 8 + 4 + 4 + 4;
-    if count as usize > reader.remaining() / RECORD_BYTES_MIN {
+    let keep_input = features & FEATURE_KEEP_INPUT != 0;
+    let record_bytes_min = if keep_input { FORWARDED_BYTES } else { RECORD_BYTES_MIN };
+    if count as usize > reader.remaining() / record_bytes_min {
         return Err(reader.malformed("record count larger than the buffer can hold"));
     }
     let mut records = Vec::with_capacity(count as usize);
+    // What the forwards add to the buffer's size, as plain records.
+    let mut forwarded_bytes = 0u64;
     for record in 0..count as usize {
         let output_index = reader.u32("truncated output index")?;
-        if output_index >= outputs {
-            return Err(ProcessError::BadOutputIndex { record, output_index, outputs });
+        if keep_input && output_index & FORWARD_INPUT_FLAG != 0 {
+            let output_index = output_index & !FORWARD_INPUT_FLAG;
+            check_output_index(record, output_index, outputs)?;
+            let (input_index, plain_bytes) = reader.forwarded_input(inputs, limits)?;
+            forwarded_bytes += (plain_bytes - FORWARDED_BYTES) as u64;
+            records.push(Emitted::Input { output_index, input_index });
+            continue;
         }
-        let timestamp_ms = match reader.i64("truncated timestamp")? {
-            -1 => None,
-            timestamp_ms if timestamp_ms < 0 => {
-                return Err(reader.malformed("negative timestamp other than -1"));
-            }
-            timestamp_ms => Some(timestamp_ms),
-        };
-        let key = reader.bytes("truncated key")?;
-        let value = reader.bytes("truncated value")?;
-        if let Some(value) = &value {
-            if value.len() > limits.output_value_bytes_max {
-                return Err(ProcessError::OutputTooLarge {
-                    cap: OutputCap::ValueBytes,
-                    found: value.len() as u64,
-                    max: limits.output_value_bytes_max as u64,
-                });
-            }
-        }
-        let headers = reader.headers()?;
-        records.push(OutputRecord { output_index, timestamp_ms, key, value, headers });
+        check_output_index(record, output_index, outputs)?;
+        records.push(Emitted::Record(reader.output_record(output_index, limits)?));
     }
     if reader.remaining() != 0 {
         return Err(reader.malformed("trailing bytes after the last record"));
     }
+    let total_bytes = buffer.len() as u64 + forwarded_bytes;
+    if total_bytes > limits.output_bytes_max as u64 {
+        return Err(ProcessError::OutputTooLarge {
+            cap: OutputCap::Bytes,
+            found: total_bytes,
+            max: limits.output_bytes_max as u64,
+        });
+    }
     Ok(records)
+}
+
+fn check_output_index(record: usize, output_index: u32, outputs: u32) -> Result<(), ProcessError> {
+    if output_index >= outputs {
+        return Err(ProcessError::BadOutputIndex { record, output_index, outputs });
+    }
+    Ok(())
+}
+
+fn check_value_len(len: usize, limits: &Limits) -> Result<(), ProcessError> {
+    if len > limits.output_value_bytes_max {
+        return Err(ProcessError::OutputTooLarge {
+            cap: OutputCap::ValueBytes,
+            found: len as u64,
+            max: limits.output_value_bytes_max as u64,
+        });
+    }
+    Ok(())
 }
 
 struct Reader<'a> {
@@ -259,6 +352,35 @@ impl Reader<'_> {
             len if len < 0 => Err(self.malformed("negative byte-string length other than -1")),
             len => self.take(len as usize, truncated).map(Some),
         }
+    }
+
+    /// The rest of a plain output record, after its (checked) output index.
+    fn output_record(&mut self, output_index: u32, limits: &Limits) -> Result<OutputRecord, ProcessError> {
+        let timestamp_ms = match self.i64("truncated timestamp")? {
+            -1 => None,
+            timestamp_ms if timestamp_ms < 0 => {
+                return Err(self.malformed("negative timestamp other than -1"));
+            }
+            timestamp_ms => Some(timestamp_ms),
+        };
+        let key = self.bytes("truncated key")?;
+        let value = self.bytes("truncated value")?;
+        if let Some(value) = &value {
+            check_value_len(value.len(), limits)?;
+        }
+        let headers = self.headers()?;
+        Ok(OutputRecord { output_index, timestamp_ms, key, value, headers })
+    }
+
+    /// The input index of a forward: checked against the batch, and its value against the
+    /// value cap. Returns it with the size the input takes as a plain output record.
+    fn forwarded_input(&mut self, inputs: &[InputRecord<'_>], limits: &Limits) -> Result<(u32, usize), ProcessError> {
+        let input_index = self.u32("truncated input index")?;
+        let Some(input) = inputs.get(input_index as usize) else {
+            return Err(self.malformed("forwarded input index past the end of the input batch"));
+        };
+        check_value_len(optional_len(input.value), limits)?;
+        Ok((input_index, plain_output_len(input)))
     }
 
     fn headers(&mut self) -> Result<Vec<OutputHeader>, ProcessError> {

@@ -18,15 +18,23 @@ pub struct Raw<'a> {
 
 impl<'a> Raw<'a> {
     /// The value's JSON text, exactly as it appears in the document (`"click"`, `42`, `{...}`).
+    #[inline]
     pub fn json(&self) -> &'a str {
         self.text
     }
 
     /// The string's content (escapes decoded), if this is a string. Borrows from the document
     /// unless the string has escapes.
+    #[inline]
     pub fn as_str(&self) -> Option<Cow<'a, str>> {
-        let inner = self.text.strip_prefix('"')?.strip_suffix('"')?;
-        if !inner.as_bytes().contains(&b'\\') {
+        let bytes = self.text.as_bytes();
+        // `find` validated the text: a string is quoted at both ends (a one-byte `"` is not).
+        if bytes.len() < 2 || bytes[0] != b'"' || bytes[bytes.len() - 1] != b'"' {
+            return None;
+        }
+        // Both quotes are ASCII, so these are character boundaries.
+        let inner = self.text.get(1..self.text.len() - 1)?;
+        if !super::fast::has_backslash(inner.as_bytes()) {
             return Some(Cow::Borrowed(inner));
         }
         match self.to_value() {
@@ -86,7 +94,70 @@ impl<'a> Raw<'a> {
 /// `bytes`; an empty path is the whole document. Same answer as
 /// `parse(bytes)?.get_path(path)` (a repeated key: the last one wins), same errors, but
 /// without allocating: `Ok(None)` when the path is absent or crosses a non-object.
+#[inline]
 pub fn find<'a>(bytes: &'a [u8], path: &str) -> Result<Option<Raw<'a>>, JsonError> {
+    match super::fast::find(bytes, path.as_bytes()) {
+        super::fast::Found::Absent => return Ok(None),
+        // The fast path checked the text; this only turns the slice into `&str` (cheap: it is
+        // the field alone, usually a few bytes).
+        super::fast::Found::At(range) => {
+            if let Ok(text) = std::str::from_utf8(&bytes[range]) {
+                return Ok(Some(Raw { text }));
+            }
+        }
+        super::fast::Found::Invalid => {}
+    }
+    // Invalid (or, were the fast path ever to disagree, anything else): the scanner below
+    // decides, and names the error exactly as `parse` would.
+    find_checked(bytes, path)
+}
+
+/// A dotted path of object keys (`"user.address.city"`) split once, for [`find_path`]: a
+/// transform that reads the same field of every record builds it when it starts instead of
+/// splitting the path for every record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    text: String,
+    segments: Vec<super::fast::Segment>,
+}
+
+impl Path {
+    /// Splits `path` at its dots; the empty path names the whole document (as in [`find`]).
+    pub fn new(path: &str) -> Path {
+        let segments = if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split('.')
+                .map(|name| super::fast::Segment { name: name.as_bytes().to_vec(), has_backslash: name.contains('\\') })
+                .collect()
+        };
+        Path { text: path.to_string(), segments }
+    }
+
+    /// The path as given.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// [`find`] with a [`Path`] built ahead: the same answers and errors.
+#[inline]
+pub fn find_path<'a>(bytes: &'a [u8], path: &Path) -> Result<Option<Raw<'a>>, JsonError> {
+    match super::fast::find_segments(bytes, &path.segments) {
+        super::fast::Found::Absent => return Ok(None),
+        super::fast::Found::At(range) => {
+            if let Ok(text) = std::str::from_utf8(&bytes[range]) {
+                return Ok(Some(Raw { text }));
+            }
+        }
+        super::fast::Found::Invalid => {}
+    }
+    find_checked(bytes, &path.text)
+}
+
+/// [`find`] by the original scanner: UTF-8 first, then the document; slower, but it reports
+/// the same error (reason and position) as [`parse`](super::parse).
+pub(super) fn find_checked<'a>(bytes: &'a [u8], path: &str) -> Result<Option<Raw<'a>>, JsonError> {
     let text = std::str::from_utf8(bytes).map_err(|e| JsonError { reason: "invalid UTF-8", at: e.valid_up_to() })?;
     let mut scanner = Scanner { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
     scanner.skip_ws();
@@ -400,7 +471,7 @@ impl<'a> Scanner<'a> {
 }
 
 /// Whether a key's raw content (escapes undecoded, already validated) names `wanted`.
-fn key_equals(raw: &str, wanted: &str) -> bool {
+pub(super) fn key_equals(raw: &str, wanted: &str) -> bool {
     // Byte search, not `str::contains(char)`: this runs for every key of the document.
     if !raw.as_bytes().contains(&b'\\') {
         return raw == wanted;
