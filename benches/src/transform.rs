@@ -167,13 +167,16 @@ impl Processor for NativeProcessor {
                 .iter()
                 .filter(|r| {
                     // What json-filter does with FIELD=action EQUALS=click: `find_path` the
-                    // field (validating the whole value), compare a string in place, anything
-                    // else by its JSON text.
+                    // field (validating the whole value), compare a string in place (its bytes
+                    // when it has no escapes), anything else by its JSON text.
                     let Some(value) = &r.value else { return false };
                     match runnel_sdk::json::find_path(value, &self.1) {
-                        Ok(Some(raw)) => match raw.as_str() {
-                            Some(text) => text == "click",
-                            None => raw.to_value().to_plain_string() == "click",
+                        Ok(Some(raw)) => match raw.plain_str_bytes() {
+                            Some(bytes) => bytes == b"click",
+                            None => match raw.as_str() {
+                                Some(text) => text == "click",
+                                None => raw.to_value().to_plain_string() == "click",
+                            },
                         },
                         _ => false,
                     }

@@ -74,34 +74,54 @@ pub fn process_batch_with(
     let estimate = if keep_input { input.len() / 4 } else { input.len() };
     encoder.reserve(estimate).map_err(encode_failure)?;
     let mut kept = Vec::new();
-    if let Some(decided) = transform.keep_batch(&records, &mut kept) {
-        decided.map_err(|(position, e)| {
-            let offset = records.get(position).map_or(-1, |r| r.offset);
-            Failure::new(ERR_PROCESSING, format!("record at offset {offset}: {e}"))
-        })?;
-        for position in kept {
-            let encoded = match records.get(position as usize) {
-                Some(_) if keep_input => encoder.push_input(0, position),
-                Some(record) => encoder.push_record(0, record),
-                None => {
-                    return Err(Failure::new(ERR_PROCESSING, format!("kept record {position} is not in the batch")))
-                }
-            };
-            encoded.map_err(encode_failure)?;
+    match transform.keep_batch(&records, &mut kept) {
+        Some(decided) => {
+            decided.map_err(|(position, e)| user_error(records.get(position).map_or(-1, |r| r.offset), e))?;
+            encode_kept(&records, &kept, keep_input, &mut encoder)?;
         }
-        return encoder.finish().map_err(encode_failure);
+        None => process_each(&records, transform, keep_input, &mut encoder)?,
     }
+    encoder.finish().map_err(encode_failure)
+}
+
+/// A user error, naming the offset of the record that caused it.
+fn user_error(offset: i64, error: Error) -> Failure {
+    Failure::new(ERR_PROCESSING, format!("record at offset {offset}: {error}"))
+}
+
+/// The records a filter kept ([`crate::Transform::keep_batch`]), unchanged, to output 0.
+fn encode_kept(
+    records: &[crate::RecordRef<'_>],
+    kept: &[u32],
+    keep_input: bool,
+    encoder: &mut wire::OutputEncoder,
+) -> Result<(), Failure> {
+    for &position in kept {
+        let encoded = match records.get(position as usize) {
+            Some(_) if keep_input => encoder.push_input(0, position),
+            Some(record) => encoder.push_record(0, record),
+            None => return Err(Failure::new(ERR_PROCESSING, format!("kept record {position} is not in the batch"))),
+        };
+        encoded.map_err(encode_failure)?;
+    }
+    Ok(())
+}
+
+/// Runs the records one by one ([`crate::Transform::process_ref`]), encoding what each emits.
+fn process_each(
+    records: &[crate::RecordRef<'_>],
+    transform: &mut dyn crate::Transform,
+    keep_input: bool,
+    encoder: &mut wire::OutputEncoder,
+) -> Result<(), Failure> {
     let mut out = Outputs::default();
     for (position, record) in records.iter().enumerate() {
-        let (offset, timestamp_ms) = (record.offset, record.timestamp_ms);
-        transform
-            .process_ref(record, &mut out)
-            .map_err(|e| Failure::new(ERR_PROCESSING, format!("record at offset {offset}: {e}")))?;
+        transform.process_ref(record, &mut out).map_err(|e| user_error(record.offset, e))?;
         // The host sees a batch, not which input produced which output, so "the input's
         // timestamp" (`None`) is resolved here, where that is known. Only an input without a
         // timestamp (negative, e.g. Kafka's -1) leaves -1 for the host.
-        if timestamp_ms >= 0 {
-            out.fill_missing_timestamps(0, timestamp_ms);
+        if record.timestamp_ms >= 0 {
+            out.fill_missing_timestamps(0, record.timestamp_ms);
         }
         for emitted in out.drain() {
             let encoded = match emitted {
@@ -113,7 +133,7 @@ pub fn process_batch_with(
             encoded.map_err(encode_failure)?;
         }
     }
-    encoder.finish().map_err(encode_failure)
+    Ok(())
 }
 
 fn encode_failure(e: wire::EncodeError) -> Failure {

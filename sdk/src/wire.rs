@@ -559,6 +559,62 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_and_checked_input_decoders_agree_on_every_mutation() {
+        let valid = encode_input(2, &sample()).expect("encode");
+        let mut seed = 0x0123_4567_89ab_cdef;
+        for round in 0..20_000 {
+            let mut buf = valid.clone();
+            for _ in 0..(next(&mut seed) % 3 + 1) {
+                let at = (next(&mut seed) as usize) % buf.len();
+                buf[at] = if round % 2 == 0 { next(&mut seed) as u8 } else { [0, 1, 0xff, 0x7f][at % 4] };
+            }
+            match (decode_refs_fast(&buf), decode_refs_checked(&buf)) {
+                (Some(fast), Ok(checked)) => assert_eq!(fast, checked),
+                (None, Err(_)) => {}
+                (fast, checked) => panic!("{buf:?}: fast {fast:?}, checked {checked:?}"),
+            }
+        }
+        assert_eq!(decode_refs_fast(&valid).map(|r| r.len()), Some(3));
+    }
+
+    #[test]
+    fn a_forwarded_input_is_its_flagged_index_then_its_position() {
+        let mut encoder = OutputEncoder::new(Vec::new()).expect("encoder");
+        encoder.push_input(2, 7).expect("forward");
+        let buf = encoder.finish().expect("finish");
+        let mut expected = 1u32.to_le_bytes().to_vec();
+        expected.extend_from_slice(&(2u32 | FORWARD_INPUT_FLAG).to_le_bytes());
+        expected.extend_from_slice(&7u32.to_le_bytes());
+        assert_eq!(buf, expected);
+        // An output index that already has the flag cannot be forwarded to.
+        let mut encoder = OutputEncoder::new(Vec::new()).expect("encoder");
+        assert_eq!(encoder.push_input(FORWARD_INPUT_FLAG, 0), Err(EncodeError::TooLong));
+    }
+
+    #[test]
+    fn forwarded_and_copied_records_decode_alike() {
+        let inputs = sample();
+        let batch = encode_input(0, &inputs).expect("encode");
+        let refs = decode_input_refs(&batch).expect("decode");
+        let mut forwarded = OutputEncoder::new(Vec::new()).expect("encoder");
+        let mut copied = OutputEncoder::new(Vec::new()).expect("encoder");
+        for (position, record) in refs.iter().enumerate() {
+            forwarded.push_input(1, position as u32).expect("forward");
+            copied.push_record(1, record).expect("copy");
+        }
+        let forwarded = decode_output_for(&forwarded.finish().expect("finish"), &inputs).expect("decode");
+        let copied = decode_output_for(&copied.finish().expect("finish"), &inputs).expect("decode");
+        assert_eq!(forwarded, copied);
+        let expected: Vec<Output> = inputs.into_iter().map(|r| r.to(1)).collect();
+        assert_eq!(forwarded, expected);
+        // A forward past the inputs is malformed.
+        let mut encoder = OutputEncoder::new(Vec::new()).expect("encoder");
+        encoder.push_input(0, 3).expect("forward");
+        let err = decode_output_for(&encoder.finish().expect("finish"), &sample()).expect_err("past the inputs");
+        assert!(err.reason.contains("input index 3"), "{err}");
+    }
+
+    #[test]
     fn huge_record_count_is_rejected_before_allocating() {
         let mut buf = Vec::new();
         buf.extend_from_slice(&1u32.to_le_bytes());

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 
 use crate::wasm::error::{OutputCap, ProcessError};
+use crate::wasm::input::InputBatch;
 use crate::wasm::limits::Limits;
 
 /// The ABI version this host speaks, and the `version` field of every input batch.
@@ -106,40 +107,21 @@ pub enum Emitted {
     },
 }
 
-/// Bytes `record` would take as an output record in the plain layout (what a forward of it
-/// counts against the output byte cap).
-fn plain_output_len(record: &InputRecord<'_>) -> usize {
-    let mut size = RECORD_BYTES_MIN + optional_len(record.key) + optional_len(record.value);
-    for header in record.headers {
-        size = size.saturating_add(8 + header.name.len() + optional_len(header.value));
-    }
-    size
-}
-
 /// Bytes `records` take once encoded, batch header included. Saturates instead of
 /// overflowing so an absurd batch is refused by the size cap, not by a panic.
 pub fn encoded_input_len(records: &[InputRecord<'_>]) -> usize {
-    const BATCH_HEADER: usize = 4 + 4 + 4;
-    const RECORD_FIXED: usize = 8 + 8 + 4 + 4 + 4;
-    let mut total = BATCH_HEADER;
-    for record in records {
-        let mut size = RECORD_FIXED + optional_len(record.key) + optional_len(record.value);
-        for header in record.headers {
-            size = size.saturating_add(8 + header.name.len() + optional_len(header.value));
-        }
-        total = total.saturating_add(size);
-    }
-    total
-}
-
-fn optional_len(bytes: Option<&[u8]>) -> usize {
-    bytes.map_or(0, <[u8]>::len)
+    records.encoded_len()
 }
 
 /// The encoded size of `records`, refused when over `input_bytes_max` (or `i32::MAX`, which
 /// bounds every length field and the guest's `len` parameter).
 pub fn checked_input_len(records: &[InputRecord<'_>], input_bytes_max: usize) -> Result<usize, ProcessError> {
-    let len = encoded_input_len(records);
+    checked_len(records, input_bytes_max)
+}
+
+/// [`checked_input_len`] for any [`InputBatch`].
+pub(crate) fn checked_len<B: InputBatch + ?Sized>(batch: &B, input_bytes_max: usize) -> Result<usize, ProcessError> {
+    let len = batch.encoded_len();
     let cap = input_bytes_max.min(i32::MAX as usize);
     if len > cap {
         return Err(ProcessError::InputTooLarge { bytes: len, max_bytes: cap });
@@ -158,59 +140,8 @@ pub fn encode_input(
     let len = checked_input_len(records, input_bytes_max)?;
     out.clear();
     out.resize(len, 0);
-    write_input(partition, records, out);
+    records.write(partition, out);
     Ok(())
-}
-
-/// Writes the input batch into `out`, which must be exactly [`checked_input_len`] bytes (the
-/// host writes straight into the buffer the guest allocated, without an intermediate copy).
-pub(crate) fn write_input(partition: i32, records: &[InputRecord<'_>], out: &mut [u8]) {
-    let mut writer = Writer { out, position: 0 };
-    writer.put(&(ABI_VERSION as u32).to_le_bytes());
-    writer.put(&partition.to_le_bytes());
-    writer.count(records.len());
-    for record in records {
-        writer.put(&record.offset.to_le_bytes());
-        writer.put(&record.timestamp_ms.to_le_bytes());
-        writer.bytes(record.key);
-        writer.bytes(record.value);
-        writer.count(record.headers.len());
-        for header in record.headers {
-            writer.bytes(Some(header.name));
-            writer.bytes(header.value);
-        }
-    }
-    assert_eq!(writer.position, writer.out.len(), "encoded input length disagrees with its size");
-}
-
-struct Writer<'a> {
-    out: &'a mut [u8],
-    position: usize,
-}
-
-impl Writer<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        // Panics (slice bounds) if the buffer is smaller than encoded_input_len said.
-        self.out[self.position..self.position + bytes.len()].copy_from_slice(bytes);
-        self.position += bytes.len();
-    }
-
-    /// Counts and lengths fit `u32`/`i32`: the whole batch is at most `i32::MAX` bytes.
-    fn count(&mut self, count: usize) {
-        let count = u32::try_from(count).expect("count bounded by the batch size cap");
-        self.put(&count.to_le_bytes());
-    }
-
-    fn bytes(&mut self, bytes: Option<&[u8]>) {
-        match bytes {
-            None => self.put(&NULL_LEN.to_le_bytes()),
-            Some(bytes) => {
-                let len = i32::try_from(bytes.len()).expect("length bounded by the batch size cap");
-                self.put(&len.to_le_bytes());
-                self.put(bytes);
-            }
-        }
-    }
 }
 
 /// Decodes a guest output batch in the plain ABI v1 layout, already copied out of guest memory
@@ -240,6 +171,17 @@ pub fn decode_emitted(
     features: i64,
     limits: &Limits,
 ) -> Result<Vec<Emitted>, ProcessError> {
+    decode_emitted_for(buffer, outputs, inputs, features, limits)
+}
+
+/// [`decode_emitted`] for any [`InputBatch`].
+pub(crate) fn decode_emitted_for<B: InputBatch + ?Sized>(
+    buffer: &Bytes,
+    outputs: u32,
+    inputs: &B,
+    features: i64,
+    limits: &Limits,
+) -> Result<Vec<Emitted>, ProcessError> {
     let mut reader = Reader { buffer, position: 0 };
     let count = reader.u32("truncated record count")?;
     if count as usize > limits.output_records_max {
@@ -263,7 +205,7 @@ pub fn decode_emitted(
             let output_index = output_index & !FORWARD_INPUT_FLAG;
             check_output_index(record, output_index, outputs)?;
             let (input_index, plain_bytes) = reader.forwarded_input(inputs, limits)?;
-            forwarded_bytes += (plain_bytes - FORWARDED_BYTES) as u64;
+            forwarded_bytes = forwarded_bytes.saturating_add(plain_bytes.saturating_sub(FORWARDED_BYTES) as u64);
             records.push(Emitted::Input { output_index, input_index });
             continue;
         }
@@ -374,13 +316,17 @@ impl Reader<'_> {
 
     /// The input index of a forward: checked against the batch, and its value against the
     /// value cap. Returns it with the size the input takes as a plain output record.
-    fn forwarded_input(&mut self, inputs: &[InputRecord<'_>], limits: &Limits) -> Result<(u32, usize), ProcessError> {
+    fn forwarded_input<B: InputBatch + ?Sized>(
+        &mut self,
+        inputs: &B,
+        limits: &Limits,
+    ) -> Result<(u32, usize), ProcessError> {
         let input_index = self.u32("truncated input index")?;
-        let Some(input) = inputs.get(input_index as usize) else {
+        let Some(sizes) = inputs.forward_sizes(input_index as usize) else {
             return Err(self.malformed("forwarded input index past the end of the input batch"));
         };
-        check_value_len(optional_len(input.value), limits)?;
-        Ok((input_index, plain_output_len(input)))
+        check_value_len(sizes.value_bytes, limits)?;
+        Ok((input_index, sizes.plain_output_bytes))
     }
 
     fn headers(&mut self) -> Result<Vec<OutputHeader>, ProcessError> {

@@ -8,11 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use wasmtime::{Engine, Instance, InstancePre, Memory, Store, Trap, TypedFunc};
 
-use crate::wasm::abi::{
-    checked_input_len, decode_emitted, write_input, Emitted, InputRecord, OutputRecord, HOST_FEATURES,
-};
+use crate::wasm::abi::{checked_len, decode_emitted_for, Emitted, InputRecord, OutputRecord, HOST_FEATURES};
 use crate::wasm::clock::{GuestClock, SystemGuestClock};
 use crate::wasm::error::{HostFault, InstantiateError, OutputCap, ProcessError};
+use crate::wasm::input::InputBatch;
 use crate::wasm::limits::{deadline_ticks, Limits};
 use crate::wasm::log::{LogLine, LogRing};
 use crate::wasm::module::{error_chain, TransformModule};
@@ -155,9 +154,18 @@ impl TransformInstance {
     /// [`Self::process`], leaving forwarded inputs as [`Emitted::Input`]: an embedder that
     /// holds the input records passes them on without a copy.
     pub fn process_emitted(&mut self, records: &[InputRecord<'_>]) -> Result<ProcessOutput<Emitted>, ProcessError> {
+        self.process_batch(records)
+    }
+
+    /// [`Self::process_emitted`] for any [`InputBatch`]: the transform runner's own records are
+    /// encoded into guest memory as they are.
+    pub(crate) fn process_batch<B: InputBatch + ?Sized>(
+        &mut self,
+        records: &B,
+    ) -> Result<ProcessOutput<Emitted>, ProcessError> {
         self.batch += 1;
         let batch = self.batch;
-        let input_bytes = checked_input_len(records, self.limits.input_bytes_max)?;
+        let input_bytes = checked_len(records, self.limits.input_bytes_max)?;
         if self.live.is_none() {
             self.live = Some(self.instantiate_live().map_err(ProcessError::Instantiate)?);
         }
@@ -317,16 +325,16 @@ pub(crate) fn negotiate_features(
 }
 
 /// A batch on its way in, its encoded size already checked.
-struct Input<'r, 'a> {
+struct Input<'r, B: ?Sized> {
     partition: i32,
-    records: &'r [InputRecord<'a>],
+    records: &'r B,
     bytes: usize,
 }
 
 /// The batch round trip on a live instance. Returns the records and the output size.
-fn run_batch(
+fn run_batch<B: InputBatch + ?Sized>(
     live: &mut Live,
-    input: &Input<'_, '_>,
+    input: &Input<'_, B>,
     ticks: u64,
     outputs: u32,
     limits: &Limits,
@@ -347,7 +355,7 @@ fn run_batch(
         return Err(ProcessError::AllocOutOfBounds { ptr, len, memory_bytes });
     }
     // Encoded straight into the guest's buffer: no intermediate copy.
-    write_input(input.partition, input.records, &mut live.memory.data_mut(&mut *store)[ptr as usize..end]);
+    input.records.write(input.partition, &mut live.memory.data_mut(&mut *store)[ptr as usize..end]);
     let returned = live
         .process
         .call(&mut *store, (ptr as i32, len as i32))
@@ -370,7 +378,7 @@ fn run_batch(
         return Err(ProcessError::OutputOutOfBounds { ptr: out_ptr, len: out_len, memory_bytes: data.len() });
     }
     let buffer = Bytes::copy_from_slice(&data[out_ptr as usize..end]);
-    let records = decode_emitted(&buffer, outputs, input.records, live.features, limits)?;
+    let records = decode_emitted_for(&buffer, outputs, input.records, live.features, limits)?;
     Ok((records, buffer.len()))
 }
 

@@ -217,21 +217,25 @@ fn object_search<'p, P: Level<'p>>(b: &[u8], pos: usize, depth: usize, head: &[u
 }
 
 /// The value of a member named like the path's head: the value at the path is there or below.
-#[inline(never)]
+#[inline(always)]
 fn matched_member<'p, P: Level<'p>>(b: &[u8], pos: usize, depth: usize, search: &mut Search<P>) -> usize {
     match search.rest {
-        Some(rest) => {
-            let mut inner = None;
-            let end = value_find(b, pos, depth, rest, &mut inner);
-            search.found = inner;
-            end
-        }
+        Some(rest) => nested_member(b, pos, depth, rest, search),
         None => {
             let end = member_value(b, pos, depth);
             search.found = Some(pos..end);
             end
         }
     }
+}
+
+/// [`matched_member`] when the path goes on below it: a search one level down.
+#[inline(never)]
+fn nested_member<'p, P: Level<'p>>(b: &[u8], pos: usize, depth: usize, rest: P, search: &mut Search<P>) -> usize {
+    let mut inner = None;
+    let end = value_find(b, pos, depth, rest, &mut inner);
+    search.found = inner;
+    end
 }
 
 /// `:` and the whitespace around it, after a key; returns where the value starts.
@@ -473,31 +477,64 @@ fn stops_in(word: u64) -> u64 {
 /// (a stack check, saved registers and an interruption check in WebAssembly) costs as much as
 /// the scan.
 #[inline(always)]
-fn string(b: &[u8], mut pos: usize) -> usize {
+fn string(b: &[u8], pos: usize) -> usize {
+    let stop = plain_run_words(b, pos);
+    match b.get(stop) {
+        Some(b'"') => stop + 1,
+        _ => string_rest(b, stop),
+    }
+}
+
+/// The rest of a string from a byte that is not a closing quote: an escape, a non-ASCII
+/// character, a byte of an input shorter than eight bytes, or an error. Out of line, so the
+/// common case inlined in the scanner's loops stays small.
+#[inline(never)]
+fn string_rest(b: &[u8], mut pos: usize) -> usize {
     loop {
-        // Eight plain bytes per step; the step that meets a stop lands on it.
-        while let Some(eight) = b.get(pos..pos + 8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(eight);
-            let stops = stops_in(u64::from_le_bytes(word));
-            if stops != 0 {
-                pos += (stops.trailing_zeros() / 8) as usize;
-                break;
-            }
-            pos += 8;
-        }
         pos = match b.get(pos) {
             Some(b'"') => return pos + 1,
             Some(b'\\') => escape(b, pos + 1),
             Some(0..=0x1f) | None => return FAIL,
             Some(0x80..=0xff) => utf8_char(b, pos),
-            // A plain byte among the last seven of the input.
+            // A plain byte of an input shorter than eight bytes.
             Some(_) => pos + 1,
         };
         if pos == FAIL {
             return FAIL;
         }
+        pos = plain_run_words(b, pos);
     }
+}
+
+/// Skips plain string bytes from `pos`: returns the first stop (see [`stops_in`]) at or after
+/// it, or the end of the input. Eight bytes per step; the step that meets a stop lands on it.
+#[inline(always)]
+fn plain_run_words(b: &[u8], mut pos: usize) -> usize {
+    while let Some(eight) = b.get(pos..pos + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(eight);
+        let stops = stops_in(u64::from_le_bytes(word));
+        if stops != 0 {
+            return pos + (stops.trailing_zeros() / 8) as usize;
+        }
+        pos += 8;
+    }
+    plain_run_tail(b, pos)
+}
+
+/// [`plain_run_words`] with fewer than eight bytes left (where a document's last string ends):
+/// the input's last eight bytes, shifted so the word starts at `pos`. The zero bytes shifted in
+/// count as stops, so the first stop is at the end of the input at the latest.
+#[inline(never)]
+fn plain_run_tail(b: &[u8], pos: usize) -> usize {
+    let len = b.len();
+    if pos >= len || len < 8 {
+        return pos;
+    }
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&b[len - 8..]);
+    let stops = stops_in(u64::from_le_bytes(word) >> (8 * (pos + 8 - len)));
+    pos + (stops.trailing_zeros() / 8) as usize
 }
 
 /// One escape after its backslash.

@@ -10,32 +10,54 @@ use super::parse::{parse_str, JsonError, MAX_DEPTH};
 use super::{Number, Value};
 use std::borrow::Cow;
 
-/// The JSON text of one value inside a document, already validated by [`find`].
+/// The JSON text of one value inside a document, already validated by [`find`] (so it is
+/// UTF-8 and parses). Kept as bytes: turning it into `&str` costs a UTF-8 check, paid only by
+/// the accessors that return text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Raw<'a> {
-    text: &'a str,
+    bytes: &'a [u8],
 }
 
 impl<'a> Raw<'a> {
     /// The value's JSON text, exactly as it appears in the document (`"click"`, `42`, `{...}`).
     #[inline]
     pub fn json(&self) -> &'a str {
-        self.text
+        // `find` validated the document, so this always converts.
+        std::str::from_utf8(self.bytes).unwrap_or("")
+    }
+
+    /// [`Raw::json`] as bytes, without the UTF-8 check.
+    #[inline]
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The content of a string that has no escapes, as bytes: what [`Raw::as_str`] borrows,
+    /// without the UTF-8 check. `None` for other values and for strings with escapes (use
+    /// `as_str`). Comparing these bytes is comparing the strings (UTF-8 orders like text).
+    #[inline]
+    pub fn plain_str_bytes(&self) -> Option<&'a [u8]> {
+        let bytes = self.bytes;
+        // `find` validated the text: a string is quoted at both ends (a one-byte `"` is not).
+        if bytes.len() < 2 || bytes[0] != b'"' || bytes[bytes.len() - 1] != b'"' {
+            return None;
+        }
+        let inner = &bytes[1..bytes.len() - 1];
+        if super::fast::has_backslash(inner) {
+            return None;
+        }
+        Some(inner)
     }
 
     /// The string's content (escapes decoded), if this is a string. Borrows from the document
     /// unless the string has escapes.
     #[inline]
     pub fn as_str(&self) -> Option<Cow<'a, str>> {
-        let bytes = self.text.as_bytes();
-        // `find` validated the text: a string is quoted at both ends (a one-byte `"` is not).
-        if bytes.len() < 2 || bytes[0] != b'"' || bytes[bytes.len() - 1] != b'"' {
-            return None;
+        if let Some(inner) = self.plain_str_bytes() {
+            return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
         }
-        // Both quotes are ASCII, so these are character boundaries.
-        let inner = self.text.get(1..self.text.len() - 1)?;
-        if !super::fast::has_backslash(inner.as_bytes()) {
-            return Some(Cow::Borrowed(inner));
+        if self.bytes.first() != Some(&b'"') {
+            return None;
         }
         match self.to_value() {
             Value::String(s) => Some(Cow::Owned(s)),
@@ -46,16 +68,17 @@ impl<'a> Raw<'a> {
     /// The number, if this is one: exact ([`Number::Int`]) when it is an integer that fits `i64`,
     /// as [`parse`](super::parse) reads it.
     pub fn as_number(&self) -> Option<Number> {
-        match self.text.as_bytes().first() {
+        let text = self.json();
+        match text.as_bytes().first() {
             Some(b'-' | b'0'..=b'9') => {}
             _ => return None,
         }
-        if !self.text.contains(['.', 'e', 'E']) {
-            if let Ok(i) = self.text.parse::<i64>() {
+        if !text.contains(['.', 'e', 'E']) {
+            if let Ok(i) = text.parse::<i64>() {
                 return Some(Number::Int(i));
             }
         }
-        self.text.parse::<f64>().ok().map(Number::Float)
+        text.parse::<f64>().ok().map(Number::Float)
     }
 
     /// The number as `f64`, if this is a number.
@@ -71,22 +94,22 @@ impl<'a> Raw<'a> {
 
     /// The boolean, if this is one.
     pub fn as_bool(&self) -> Option<bool> {
-        match self.text {
-            "true" => Some(true),
-            "false" => Some(false),
+        match self.bytes {
+            b"true" => Some(true),
+            b"false" => Some(false),
             _ => None,
         }
     }
 
     /// Whether this is `null`.
     pub fn is_null(&self) -> bool {
-        self.text == "null"
+        self.bytes == b"null"
     }
 
     /// The value as a [`Value`] tree (allocates; parses only this value's text).
     pub fn to_value(&self) -> Value {
         // `find` validated this text with the parser's rules, so it parses.
-        parse_str(self.text).unwrap_or(Value::Null)
+        parse_str(self.json()).unwrap_or(Value::Null)
     }
 }
 
@@ -100,15 +123,10 @@ pub fn find<'a>(bytes: &'a [u8], path: &str) -> Result<Option<Raw<'a>>, JsonErro
         super::fast::Found::Absent => return Ok(None),
         // The fast path checked the text; this only turns the slice into `&str` (cheap: it is
         // the field alone, usually a few bytes).
-        super::fast::Found::At(range) => {
-            if let Ok(text) = std::str::from_utf8(&bytes[range]) {
-                return Ok(Some(Raw { text }));
-            }
-        }
+        super::fast::Found::At(range) => return Ok(Some(Raw { bytes: &bytes[range] })),
         super::fast::Found::Invalid => {}
     }
-    // Invalid (or, were the fast path ever to disagree, anything else): the scanner below
-    // decides, and names the error exactly as `parse` would.
+    // Invalid: the scanner below names the error exactly as `parse` would.
     find_checked(bytes, path)
 }
 
@@ -145,11 +163,7 @@ impl Path {
 pub fn find_path<'a>(bytes: &'a [u8], path: &Path) -> Result<Option<Raw<'a>>, JsonError> {
     match super::fast::find_segments(bytes, &path.segments) {
         super::fast::Found::Absent => return Ok(None),
-        super::fast::Found::At(range) => {
-            if let Ok(text) = std::str::from_utf8(&bytes[range]) {
-                return Ok(Some(Raw { text }));
-            }
-        }
+        super::fast::Found::At(range) => return Ok(Some(Raw { bytes: &bytes[range] })),
         super::fast::Found::Invalid => {}
     }
     find_checked(bytes, &path.text)
@@ -164,7 +178,7 @@ pub(super) fn find_checked<'a>(bytes: &'a [u8], path: &str) -> Result<Option<Raw
     let start = scanner.pos;
     let found = if path.is_empty() {
         scanner.value(None)?;
-        Some(Raw { text: &text[start..scanner.pos] })
+        Some(Raw { bytes: &text.as_bytes()[start..scanner.pos] })
     } else {
         scanner.value(Some(path))?
     };
@@ -327,7 +341,7 @@ impl<'a> Scanner<'a> {
             } else {
                 let start = self.pos;
                 self.value(None)?;
-                found = Some(Raw { text: &self.text[start..self.pos] });
+                found = Some(Raw { bytes: &self.bytes[start..self.pos] });
             }
             self.skip_ws();
             match self.peek() {

@@ -385,3 +385,35 @@ fn find_path_agrees_with_find() {
     assert_eq!(find_path(br#"{"a\n":{"b":2}}"#, &dotted).ok().flatten().map(|r| r.json()), Some("2"));
     assert_eq!(find_path(br#"{"a\u000a":{"b":2}}"#, &dotted).ok().flatten().map(|r| r.json()), Some("2"));
 }
+
+/// Strings that end within the last eight bytes of a document, for every document length and
+/// every position of a special byte: the fast path's last, shifted word finds the same stops.
+#[test]
+fn find_fast_path_handles_strings_ending_near_the_end_of_short_and_long_documents() {
+    for len in 0..24 {
+        let content: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+        for special in [None, Some(b'"'), Some(b'\\'), Some(0x01), Some(0xc3), Some(b'x')] {
+            for at in 0..len.max(1) {
+                let mut content = content.clone();
+                if let (Some(byte), true) = (special, at < content.len()) {
+                    content[at] = byte;
+                }
+                for wrap in [&b"\"\""[..], &b"[\"\"]"[..], &b"{\"k\":\"\"}"[..]] {
+                    let split = wrap.len() - wrap.iter().rev().position(|&c| c == b'"').unwrap_or(0) - 1;
+                    let mut doc = wrap[..split].to_vec();
+                    doc.extend_from_slice(&content);
+                    doc.extend_from_slice(&wrap[split..]);
+                    let fast = super::fast::find(&doc, b"");
+                    let checked = super::find::find_checked(&doc, "");
+                    match (&fast, &checked) {
+                        (super::fast::Found::At(range), Ok(Some(raw))) => {
+                            assert_eq!(&doc[range.clone()], raw.as_bytes())
+                        }
+                        (super::fast::Found::Invalid, Err(_)) => {}
+                        _ => panic!("{:?}: fast {fast:?}, checked {checked:?}", String::from_utf8_lossy(&doc)),
+                    }
+                }
+            }
+        }
+    }
+}
