@@ -23,11 +23,19 @@ use std::ops::Range;
 /// be `usize::MAX`: a slice that long does not fit in memory.
 const FAIL: usize = usize::MAX;
 
+/// Where the field is, and whether it is known to be a string without escapes (so that
+/// [`super::Raw::plain_str_bytes`] need not look for a backslash again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Hit {
+    pub(super) range: Range<usize>,
+    pub(super) plain_string: bool,
+}
+
 /// What the fast path found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Found {
     /// The field's JSON text is `bytes[range]`.
-    At(Range<usize>),
+    At(Hit),
     /// The document is valid and the field is absent (or the path crosses a non-object).
     Absent,
     /// The document is not valid: the original scanner reports why.
@@ -92,7 +100,7 @@ fn find_in<'p, P: Level<'p>>(bytes: &[u8], path: Option<P>) -> Found {
     let end = match path {
         None => {
             let end = value(bytes, start, 0);
-            found = Some(start..end);
+            found = Some(Hit { range: start..end, plain_string: false });
             end
         }
         Some(path) => value_find(bytes, start, 0, path, &mut found),
@@ -101,7 +109,7 @@ fn find_in<'p, P: Level<'p>>(bytes: &[u8], path: Option<P>) -> Found {
         return Found::Invalid;
     }
     match found {
-        Some(range) => Found::At(range),
+        Some(hit) => Found::At(hit),
         None => Found::Absent,
     }
 }
@@ -152,13 +160,7 @@ fn member_value(b: &[u8], pos: usize, depth: usize) -> usize {
 
 /// Like [`value`], searching an object for `path`: `found` is set to the value at the path
 /// when this value is an object that has it. A repeated key: the last one decides.
-fn value_find<'p, P: Level<'p>>(
-    b: &[u8],
-    pos: usize,
-    depth: usize,
-    path: P,
-    found: &mut Option<Range<usize>>,
-) -> usize {
+fn value_find<'p, P: Level<'p>>(b: &[u8], pos: usize, depth: usize, path: P, found: &mut Option<Hit>) -> usize {
     if b.get(pos) != Some(&b'{') {
         return value(b, pos, depth);
     }
@@ -176,7 +178,7 @@ struct Search<P> {
     /// The path below this object, `None` when `head` is its last segment.
     rest: Option<P>,
     /// The value at the path, per the last member named `head`.
-    found: Option<Range<usize>>,
+    found: Option<Hit>,
 }
 
 /// The object at `pos`, searched for the member `head` (see [`value_find`]).
@@ -199,16 +201,19 @@ fn object_search<'p, P: Level<'p>>(b: &[u8], pos: usize, depth: usize, head: &[u
             return FAIL;
         }
         let key = &b[key_start..pos - 1];
-        pos = colon(b, pos);
-        if pos == FAIL {
-            return FAIL;
-        }
         // Most keys are shorter than the name, or differ in length: no byte is compared.
-        pos = if key.len() >= head.len() && key_matches(key, head, search.head_has_backslash) {
-            matched_member(b, pos, depth, search)
-        } else {
-            member_value(b, pos, depth)
+        let matched = key.len() >= head.len() && key_matches(key, head, search.head_has_backslash);
+        pos = match (matched, b.get(pos..pos + 2)) {
+            // Compact JSON, `"key":"value"`: no whitespace to skip, no dispatch on the value.
+            (false, Some(b":\"")) => string(b, pos + 2),
+            (false, _) => colon_then(b, pos, |pos| member_value(b, pos, depth)),
+            (true, _) => colon_then(b, pos, |pos| matched_member(b, pos, depth, search)),
         };
+        // Compact JSON, `,"`: the next key follows at once.
+        if pos != FAIL && b.get(pos..pos + 2) == Some(b",\"") {
+            pos += 1;
+            continue;
+        }
         match after_member(b, pos, b'}') {
             Next::Member(next) => pos = next,
             Next::End(end) => return end,
@@ -222,8 +227,17 @@ fn matched_member<'p, P: Level<'p>>(b: &[u8], pos: usize, depth: usize, search: 
     match search.rest {
         Some(rest) => nested_member(b, pos, depth, rest, search),
         None => {
+            // A string whose first stop is its closing quote has no escape (nor anything but
+            // ASCII): the caller may compare its bytes as they are.
+            if b.get(pos) == Some(&b'"') {
+                let stop = plain_run_words(b, pos + 1);
+                if b.get(stop) == Some(&b'"') {
+                    search.found = Some(Hit { range: pos..stop + 1, plain_string: true });
+                    return stop + 1;
+                }
+            }
             let end = member_value(b, pos, depth);
-            search.found = Some(pos..end);
+            search.found = Some(Hit { range: pos..end, plain_string: false });
             end
         }
     }
@@ -236,6 +250,15 @@ fn nested_member<'p, P: Level<'p>>(b: &[u8], pos: usize, depth: usize, rest: P, 
     let end = value_find(b, pos, depth, rest, &mut inner);
     search.found = inner;
     end
+}
+
+/// [`colon`], then `value` from where the value starts ([`FAIL`] passes through).
+#[inline(always)]
+fn colon_then(b: &[u8], pos: usize, value: impl FnOnce(usize) -> usize) -> usize {
+    match colon(b, pos) {
+        FAIL => FAIL,
+        start => value(start),
+    }
 }
 
 /// `:` and the whitespace around it, after a key; returns where the value starts.

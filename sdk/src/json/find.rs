@@ -13,10 +13,22 @@ use std::borrow::Cow;
 /// The JSON text of one value inside a document, already validated by [`find`] (so it is
 /// UTF-8 and parses). Kept as bytes: turning it into `&str` costs a UTF-8 check, paid only by
 /// the accessors that return text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Raw<'a> {
     bytes: &'a [u8],
+    /// Known to be a string without escapes (the scanner saw its closing quote as the first
+    /// special byte); `false` means "not known", not "not a plain string".
+    plain_string: bool,
 }
+
+/// Two views are equal when their JSON texts are.
+impl PartialEq for Raw<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Raw<'_> {}
 
 impl<'a> Raw<'a> {
     /// The value's JSON text, exactly as it appears in the document (`"click"`, `42`, `{...}`).
@@ -38,6 +50,9 @@ impl<'a> Raw<'a> {
     #[inline]
     pub fn plain_str_bytes(&self) -> Option<&'a [u8]> {
         let bytes = self.bytes;
+        if self.plain_string && bytes.len() >= 2 {
+            return Some(&bytes[1..bytes.len() - 1]);
+        }
         // `find` validated the text: a string is quoted at both ends (a one-byte `"` is not).
         if bytes.len() < 2 || bytes[0] != b'"' || bytes[bytes.len() - 1] != b'"' {
             return None;
@@ -123,7 +138,9 @@ pub fn find<'a>(bytes: &'a [u8], path: &str) -> Result<Option<Raw<'a>>, JsonErro
         super::fast::Found::Absent => return Ok(None),
         // The fast path checked the text; this only turns the slice into `&str` (cheap: it is
         // the field alone, usually a few bytes).
-        super::fast::Found::At(range) => return Ok(Some(Raw { bytes: &bytes[range] })),
+        super::fast::Found::At(hit) => {
+            return Ok(Some(Raw { bytes: &bytes[hit.range], plain_string: hit.plain_string }))
+        }
         super::fast::Found::Invalid => {}
     }
     // Invalid: the scanner below names the error exactly as `parse` would.
@@ -163,7 +180,9 @@ impl Path {
 pub fn find_path<'a>(bytes: &'a [u8], path: &Path) -> Result<Option<Raw<'a>>, JsonError> {
     match super::fast::find_segments(bytes, &path.segments) {
         super::fast::Found::Absent => return Ok(None),
-        super::fast::Found::At(range) => return Ok(Some(Raw { bytes: &bytes[range] })),
+        super::fast::Found::At(hit) => {
+            return Ok(Some(Raw { bytes: &bytes[hit.range], plain_string: hit.plain_string }))
+        }
         super::fast::Found::Invalid => {}
     }
     find_checked(bytes, &path.text)
@@ -178,7 +197,7 @@ pub(super) fn find_checked<'a>(bytes: &'a [u8], path: &str) -> Result<Option<Raw
     let start = scanner.pos;
     let found = if path.is_empty() {
         scanner.value(None)?;
-        Some(Raw { bytes: &text.as_bytes()[start..scanner.pos] })
+        Some(Raw { bytes: &text.as_bytes()[start..scanner.pos], plain_string: false })
     } else {
         scanner.value(Some(path))?
     };
@@ -341,7 +360,7 @@ impl<'a> Scanner<'a> {
             } else {
                 let start = self.pos;
                 self.value(None)?;
-                found = Some(Raw { bytes: &self.bytes[start..self.pos] });
+                found = Some(Raw { bytes: &self.bytes[start..self.pos], plain_string: false });
             }
             self.skip_ws();
             match self.peek() {

@@ -325,7 +325,15 @@ fn find_fast_path_agrees_with_the_checked_scanner() {
         let path = FIND_PATHS[(next() as usize) % FIND_PATHS.len()];
         let fast = super::fast::find(&doc, path.as_bytes());
         match (&fast, find_checked(&doc, path)) {
-            (super::fast::Found::At(range), Ok(Some(raw))) => assert_eq!(&doc[range.clone()], raw.json().as_bytes()),
+            (super::fast::Found::At(hit), Ok(Some(raw))) => {
+                let text = &doc[hit.range.clone()];
+                assert_eq!(text, raw.json().as_bytes());
+                // "Plain string" is a promise: quoted, and no backslash inside.
+                if hit.plain_string {
+                    assert!(text.len() >= 2 && text[0] == b'"' && text[text.len() - 1] == b'"', "{text:?}");
+                    assert!(!text[1..text.len() - 1].contains(&b'\\'), "{text:?}");
+                }
+            }
             (super::fast::Found::Absent, Ok(None)) | (super::fast::Found::Invalid, Err(_)) => {}
             (fast, checked) => {
                 panic!("{:?} at {path:?}: fast {fast:?}, checked {checked:?}", String::from_utf8_lossy(&doc))
@@ -406,8 +414,8 @@ fn find_fast_path_handles_strings_ending_near_the_end_of_short_and_long_document
                     let fast = super::fast::find(&doc, b"");
                     let checked = super::find::find_checked(&doc, "");
                     match (&fast, &checked) {
-                        (super::fast::Found::At(range), Ok(Some(raw))) => {
-                            assert_eq!(&doc[range.clone()], raw.as_bytes())
+                        (super::fast::Found::At(hit), Ok(Some(raw))) => {
+                            assert_eq!(&doc[hit.range.clone()], raw.as_bytes())
                         }
                         (super::fast::Found::Invalid, Err(_)) => {}
                         _ => panic!("{:?}: fast {fast:?}, checked {checked:?}", String::from_utf8_lossy(&doc)),
