@@ -27,7 +27,7 @@ die() {
     exit 1
 }
 
-install_hint="install Debian's Rust with the wasm32 standard library: apt-get install rustc cargo libstd-rust-dev-wasm32"
+install_hint="install Debian's Rust with the wasm32 standard library and its linker: apt-get install rustc cargo libstd-rust-dev-wasm32 lld-14"
 [ -x "$debian_rustc" ] || die "$debian_rustc not found; $install_hint"
 [ -x "$debian_cargo" ] || die "$debian_cargo not found; $install_hint"
 sysroot="$("$debian_rustc" --print sysroot)"
@@ -35,6 +35,8 @@ for target in wasm32-unknown-unknown wasm32-wasi; do
     ls "$sysroot/lib/rustlib/$target/lib/"libstd-*.rlib >/dev/null 2>&1 \
         || die "no $target standard library under $sysroot/lib/rustlib; $install_hint"
 done
+# rustc links wasm32 with rust-lld (Debian: lld-14, only recommended by the wasm32 std package).
+[ -x "$(dirname "$debian_rustc")/rust-lld" ] || die "$(dirname "$debian_rustc")/rust-lld is missing or dangling; $install_hint"
 command -v python3 >/dev/null || die "python3 is needed for tools/check_wasm.py"
 
 # Debian's cargo reads Cargo.lock version 3 only; the committed lock files are that version.

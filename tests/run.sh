@@ -95,9 +95,12 @@ fi
 # --- Rust: one release build serves the binary and the tests ----------------------------------
 # Plugins (WASM transforms) build with Debian's Rust 1.63, the toolchain here with a wasm32
 # standard library; the transform tests deploy what plugins/build.sh puts in plugins/dist/.
-if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ] \
+# rustc links wasm32 with rust-lld, which Debian ships in lld-14, only *recommended* by
+# libstd-rust-dev-wasm32: apt_install (--no-install-recommends) must name it, and a dangling
+# /usr/bin/rust-lld link (rustc without lld-14) means it is missing.
+if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ] || [ ! -x /usr/bin/rust-lld ] \
     || ! ls /usr/lib/rustlib/wasm32-unknown-unknown/lib/libstd-*.rlib >/dev/null 2>&1; then
-    apt_install rustc cargo libstd-rust-dev-wasm32
+    apt_install rustc cargo libstd-rust-dev-wasm32 lld-14
 fi
 log "plugins/build.sh (WASM plugins, their native tests)"
 bash "$repo_root/plugins/build.sh"

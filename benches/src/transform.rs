@@ -8,7 +8,9 @@
 //!    and a filter (a JSON field equals a value; the SDK's `json::find` on both sides, as
 //!    json-filter does). Each run reads the log, processes, and commits outputs and checkpoints
 //!    exactly as in production. The module is compiled before the clock starts (a one-off cost
-//!    of a deploy, printed apart), so the figures compare steady-state throughput.
+//!    of a deploy, printed apart), so the figures compare steady-state throughput. Each side
+//!    runs `--rounds` times, alternating which goes first, and the ratio is that of the medians:
+//!    one short run on a shared machine is at the mercy of whatever else runs.
 //! 3. **Latency** a transform adds: records appended at a fixed rate carry their send time; the
 //!    time until each one's output is in the output log.
 //! 4. **Sandbox**: librdkafka produce latency (acks=1) on an idle broker, then while modules that
@@ -55,6 +57,10 @@ pub struct TransformArgs {
     /// Seconds of each latency and sandbox measurement
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Pipeline runs of each side (WASM, native) per transform: the runs alternate which side
+    /// goes first, and the summary compares the sides' median throughputs
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
 }
 
 const UPPERCASE_WASM: &[u8] = runnel_runtime::bench::UPPERCASE_WASM;
@@ -77,17 +83,7 @@ pub(crate) fn run(args: TransformArgs) -> anyhow::Result<()> {
                 Logic::FilterClicks,
             ),
         ] {
-            let wasm_run = pipeline(&args, Arc::new(wasm_factory()?), &wasm, &env).await?;
-            let native_run = pipeline(&args, Arc::new(NativeFactory(native)), b"native", &env).await?;
-            println!(
-                "pipeline {label}: wasm {:.0} records/s ({:.1} MB/s; module compiled in {:.0} ms before the clock), native closure {:.0} records/s = {:.2} of native",
-                wasm_run.records_per_s(),
-                wasm_run.mb_per_s(),
-                wasm_run.compile.as_secs_f64() * 1000.0,
-                native_run.records_per_s(),
-                wasm_run.records_per_s() / native_run.records_per_s()
-            );
-            ratios.push((label, wasm_run.records_per_s() / native_run.records_per_s()));
+            ratios.push((label, compare(&args, label, &wasm, &env, native).await?));
         }
         let latency = added_latency(&args).await?;
         println!(
@@ -102,7 +98,10 @@ pub(crate) fn run(args: TransformArgs) -> anyhow::Result<()> {
         println!();
         println!("summary:");
         for (label, ratio) in ratios {
-            println!("  {label:<32} wasm / native {ratio:>6.2}   (target ≥ 0.80)");
+            println!(
+                "  {label:<32} wasm / native {ratio:>6.2}   (median of {} runs each; target ≥ 0.80)",
+                args.rounds.max(1)
+            );
         }
         println!(
             "  transform-added p99 latency      {:>6.2} ms (target < 5 ms)",
@@ -116,6 +115,73 @@ pub(crate) fn run(args: TransformArgs) -> anyhow::Result<()> {
         );
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// Runs the pipeline `args.rounds` times with each side, alternating which goes first so that
+/// drift on a shared machine hits both alike; prints every run and returns the ratio of the
+/// median throughputs (WASM / native).
+async fn compare(
+    args: &TransformArgs,
+    label: &str,
+    wasm: &[u8],
+    env: &BTreeMap<String, String>,
+    native: Logic,
+) -> anyhow::Result<f64> {
+    let (mut wasm_rates, mut native_rates) = (Vec::new(), Vec::new());
+    let (mut wasm_cpu, mut native_cpu) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        let mut runs = Vec::new();
+        for wasm_side in if round % 2 == 0 { [true, false] } else { [false, true] } {
+            let run = match wasm_side {
+                true => pipeline(args, Arc::new(wasm_factory()?), wasm, env).await?,
+                false => pipeline(args, Arc::new(NativeFactory(native)), b"native", env).await?,
+            };
+            runs.push((wasm_side, run));
+        }
+        let side = |wasm_side: bool| runs.iter().find(|(s, _)| *s == wasm_side).map(|(_, run)| run);
+        let rate = |wasm_side: bool| side(wasm_side).map_or(0.0, Run::records_per_s);
+        let cpu = |wasm_side: bool| side(wasm_side).and_then(Run::cpu_ns_per_record).unwrap_or(f64::NAN);
+        println!(
+            "pipeline {label} round {round}: wasm {:.0} records/s ({:.1} MB/s, {:.0} ns CPU/record; module compiled in {:.0} ms before the clock), native closure {:.0} records/s ({:.0} ns CPU/record) = {:.2} of native",
+            rate(true),
+            side(true).map_or(0.0, Run::mb_per_s),
+            cpu(true),
+            side(true).map_or(0.0, |run| run.compile.as_secs_f64() * 1000.0),
+            rate(false),
+            cpu(false),
+            rate(true) / rate(false)
+        );
+        wasm_rates.push(rate(true));
+        native_rates.push(rate(false));
+        wasm_cpu.push(cpu(true));
+        native_cpu.push(cpu(false));
+    }
+    let (wasm_median, native_median) = (median(&mut wasm_rates), median(&mut native_rates));
+    let (wasm_cpu, native_cpu) = (median(&mut wasm_cpu), median(&mut native_cpu));
+    println!(
+        "pipeline {label}: median of {} runs each: wasm {wasm_median:.0} records/s, native {native_median:.0} records/s = {:.2} of native; CPU per record wasm {wasm_cpu:.0} ns, native {native_cpu:.0} ns = {:.2} of native",
+        wasm_rates.len(),
+        wasm_median / native_median,
+        native_cpu / wasm_cpu
+    );
+    Ok(wasm_median / native_median)
+}
+
+/// CPU time used so far by this process's live threads (`/proc/self/task/*/schedstat`, in ns),
+/// or `None` where that is not readable. The pipeline's threads (runtime workers, the transform
+/// pool) all live through a run, so a difference over a run is what the run cost.
+fn process_cpu() -> Option<Duration> {
+    let mut total_ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        total_ns += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total_ns))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn host_level() -> anyhow::Result<()> {
@@ -143,11 +209,12 @@ impl ProcessorFactory for NativeFactory {
         Ok(())
     }
     fn instantiate(&self, _setup: InstanceSetup<'_>) -> Result<Box<dyn Processor>, Failure> {
-        Ok(Box::new(NativeProcessor(self.0)))
+        // As json-filter's `config`: the field's path is split once per instance.
+        Ok(Box::new(NativeProcessor(self.0, runnel_sdk::json::Path::new("action"))))
     }
 }
 
-struct NativeProcessor(Logic);
+struct NativeProcessor(Logic, runnel_sdk::json::Path);
 
 impl Processor for NativeProcessor {
     fn process(&mut self, records: &[InRecord]) -> Result<Processed, Failure> {
@@ -165,14 +232,17 @@ impl Processor for NativeProcessor {
             Logic::FilterClicks => records
                 .iter()
                 .filter(|r| {
-                    // What json-filter does with FIELD=action EQUALS=click: `find` the field
-                    // (validating the whole value), compare a string in place, anything else
-                    // by its JSON text.
+                    // What json-filter does with FIELD=action EQUALS=click: `find_path` the
+                    // field (validating the whole value), compare a string in place (its bytes
+                    // when it has no escapes), anything else by its JSON text.
                     let Some(value) = &r.value else { return false };
-                    match runnel_sdk::json::find(value, "action") {
-                        Ok(Some(raw)) => match raw.as_str() {
-                            Some(text) => text == "click",
-                            None => raw.to_value().to_plain_string() == "click",
+                    match runnel_sdk::json::find_path(value, &self.1) {
+                        Ok(Some(raw)) => match raw.plain_str_bytes() {
+                            Some(bytes) => bytes == b"click",
+                            None => match raw.as_str() {
+                                Some(text) => text == "click",
+                                None => raw.to_value().to_plain_string() == "click",
+                            },
                         },
                         _ => false,
                     }
@@ -190,9 +260,16 @@ struct Run {
     elapsed: Duration,
     /// Compiling the module before the run (not part of `elapsed`).
     compile: Duration,
+    /// CPU time all threads of this process spent during `elapsed` (Linux; `None` elsewhere).
+    cpu: Option<Duration>,
 }
 
 impl Run {
+    /// CPU time per record, in ns.
+    fn cpu_ns_per_record(&self) -> Option<f64> {
+        self.cpu.map(|cpu| cpu.as_nanos() as f64 / self.records.max(1) as f64)
+    }
+
     fn records_per_s(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -302,6 +379,7 @@ async fn pipeline(
     let compile_started = Instant::now();
     factory.validate(module).map_err(|e| anyhow::anyhow!("compiling the module: {e}"))?;
     let compile = compile_started.elapsed();
+    let cpu_before = process_cpu();
     let started = Instant::now();
     service.deploy(spec, Bytes::copy_from_slice(module)).await?;
     let deadline = started + Duration::from_secs(600);
@@ -315,9 +393,10 @@ async fn pipeline(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let elapsed = started.elapsed();
+    let cpu = process_cpu().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     service.shutdown().await;
     broker.close();
-    Ok(Run { records: total, bytes, elapsed, compile })
+    Ok(Run { records: total, bytes, elapsed, compile, cpu })
 }
 
 fn now_us() -> u64 {
@@ -487,10 +566,6 @@ async fn sandbox(args: &TransformArgs) -> anyhow::Result<(f64, f64)> {
             }
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (idle, hostile) = (median(&mut idle), median(&mut hostile));
     let spun = service.describe("spin")?;
     println!(

@@ -9,7 +9,7 @@ prints the size and the largest sections. Exit status 1 if any module fails.
 import sys
 
 ABI_EXPORTS = {"runnel_abi_version", "runnel_alloc", "runnel_process"}
-OPTIONAL_EXPORTS = {"runnel_init"}
+OPTIONAL_EXPORTS = {"runnel_init", "runnel_abi_features"}
 # Linker-provided globals rustc (before 1.7x) always exports from a wasm32 cdylib; the host only
 # looks exports up by name, so they are harmless and reported, not rejected.
 TOLERATED_GLOBALS = {"__data_end", "__heap_base"}

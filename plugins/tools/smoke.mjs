@@ -51,6 +51,10 @@ function encodeBatch(records, partition = 0) {
   return out;
 }
 
+// A forwarded input (the keep-input extension, only after runnel_abi_features accepted it) is
+// its output index with the top bit set, then the input's position: decoded as {index, input}.
+const FORWARD = 0x80000000;
+
 function decodeOutput(buf) {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   let pos = 0;
@@ -60,6 +64,7 @@ function decodeOutput(buf) {
   const outs = [];
   for (let n = u32(); n > 0; n--) {
     const index = u32();
+    if (index >= FORWARD) { outs.push({ index: index - FORWARD, input: u32() }); continue; }
     const ts = Number(view.getBigInt64(pos, true)); pos += 8;
     const key = bytes(), value = bytes();
     for (let h = u32(); h > 0; h--) { bytes(); bytes(); }
@@ -95,6 +100,17 @@ const pick = (r) => r.outputs ? r.outputs.map((o) => [o.index, o.value]) : r;
   const bad = processBatch(h, new Uint8Array([1, 0, 0, 0, 0]));
   expectEq("json-filter malformed batch is -2", [bad.code, /malformed/.test(bad.error)], [-2, true]);
   expectEq("json-filter still works after a failed batch", pick(processBatch(h, encodeBatch([{ value: click }]))), [[0, click]]);
+}
+// json-filter under a host that offers keep-input: kept records come back as their positions
+{
+  const h = instantiate("json-filter.wasm", { FIELD: "action", EQUALS: "click" });
+  expectEq("json-filter accepts keep-input", Number(h.exports.runnel_abi_features(1n)), 1);
+  expectEq("json-filter accepts only what is offered", Number(h.exports.runnel_abi_features(6n)), 0);
+  expectEq("json-filter speaks plain v1 when nothing is offered",
+    pick(processBatch(h, encodeBatch([{ value: view }, { value: click }]))), [[0, click]]);
+  h.exports.runnel_abi_features(1n);
+  const kept = processBatch(h, encodeBatch([{ value: view }, { value: click }, { value: click }]));
+  expectEq("json-filter forwards kept inputs by position", kept.outputs, [{ index: 0, input: 1 }, { index: 0, input: 2 }]);
 }
 // json-filter without config: init fails with a message
 {

@@ -42,8 +42,8 @@ pub mod transform;
 mod wasm;
 
 pub use wasm::abi::{
-    checked_input_len, decode_output, encode_input, encoded_input_len, InputRecord, OutputHeader, OutputRecord,
-    RecordHeader, ABI_VERSION,
+    checked_input_len, decode_emitted, decode_output, encode_input, encoded_input_len, Emitted, InputRecord,
+    OutputHeader, OutputRecord, RecordHeader, ABI_VERSION, FEATURE_KEEP_INPUT, HOST_FEATURES,
 };
 pub use wasm::clock::{GuestClock, SystemGuestClock};
 pub use wasm::engine::{HostConfig, WasmHost};

@@ -17,8 +17,8 @@
 //! runnel_sdk::map!(upper);
 //! ```
 //!
-//! See `README.md` for the tutorial and [`map!`], [`filter!`], [`filter_map!`], [`flat_map!`] and
-//! [`processor!`] for the shapes a transform can take.
+//! See `README.md` for the tutorial and [`map!`], [`filter!`], [`filter_ref!`], [`filter_map!`],
+//! [`flat_map!`] and [`processor!`] for the shapes a transform can take.
 
 // The workspace `[lints]` table is not inherited here: cargo 1.65 (Debian's, which builds the
 // wasm32 plugins) does not know it. The same lints are set as crate attributes instead; keep
@@ -36,6 +36,7 @@ pub mod log;
 mod macros;
 mod output;
 mod record;
+mod record_ref;
 pub mod state;
 pub mod transform;
 pub mod wire;
@@ -47,6 +48,7 @@ pub use env::get as env;
 pub use error::Error;
 pub use output::Output;
 pub use record::{Header, Record};
+pub use record_ref::{HeaderRef, HeadersIter, HeadersRef, RecordRef};
 pub use state::State;
 pub use transform::{Outputs, Transform};
 
@@ -56,5 +58,5 @@ pub type Result<T, E = Error> = core::result::Result<T, E>;
 /// Everything a transform usually needs, for `use runnel_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::json::{self, Value};
-    pub use crate::{Error, Header, Output, Outputs, Record, State};
+    pub use crate::{Error, Header, Output, Outputs, Record, RecordRef, State};
 }

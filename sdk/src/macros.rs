@@ -2,8 +2,8 @@
 //!
 //! - `pub fn runnel_instance()`, which builds one instance of the transform; the WebAssembly
 //!   exports use it, and so do native tests (`testing::Harness::new(runnel_instance)`);
-//! - on wasm32 only, the ABI v1 exports `runnel_abi_version`, `runnel_alloc`, `runnel_init` and
-//!   `runnel_process`. Natively nothing is exported, so the crate also builds as a normal `rlib`.
+//! - on wasm32 only, the ABI v1 exports `runnel_abi_version`, `runnel_abi_features`,
+//!   `runnel_alloc`, `runnel_init` and `runnel_process`. Natively nothing is exported, so the crate also builds as a normal `rlib`.
 //!
 //! Call exactly one of them, once, at the crate root of a `cdylib`.
 
@@ -32,6 +32,13 @@ macro_rules! export {
         #[allow(unsafe_code, unreachable_pub)]
         pub extern "C" fn runnel_abi_version() -> i32 {
             $crate::abi::ABI_VERSION
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[no_mangle]
+        #[allow(unsafe_code, unreachable_pub)]
+        pub extern "C" fn runnel_abi_features(offered: i64) -> i64 {
+            $crate::abi::negotiate_features(offered)
         }
 
         #[cfg(target_arch = "wasm32")]
@@ -89,6 +96,33 @@ macro_rules! filter {
         $crate::export!(|| {
             let config = ($config)()?;
             ::core::result::Result::Ok($crate::transform::filter(move |r: &$crate::Record| ($f)(&config, r)))
+        });
+    };
+}
+
+/// [`filter!`] on records seen in place: `fn(&RecordRef) -> Result<bool, Error>` (or
+/// `fn(&C, &RecordRef)` with `config = build`). The record is not copied out of the input batch
+/// and a kept record is passed on by its position, so this is the fastest filter.
+///
+/// ```
+/// use runnel_sdk::{Error, RecordRef};
+///
+/// fn non_empty(record: &RecordRef) -> Result<bool, Error> {
+///     Ok(record.value.map_or(false, |v| !v.is_empty()))
+/// }
+/// runnel_sdk::filter_ref!(non_empty);
+/// ```
+///
+/// [`RecordRef`]: crate::RecordRef
+#[macro_export]
+macro_rules! filter_ref {
+    ($f:expr) => {
+        $crate::export!(|| ::core::result::Result::Ok($crate::transform::filter_ref($f)));
+    };
+    ($f:expr, config = $config:expr) => {
+        $crate::export!(|| {
+            let config = ($config)()?;
+            ::core::result::Result::Ok($crate::transform::filter_ref(move |r: &$crate::RecordRef<'_>| ($f)(&config, r)))
         });
     };
 }

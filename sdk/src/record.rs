@@ -68,6 +68,7 @@ impl Record {
     }
 
     /// A record is a tombstone when its value is null: compaction deletes its key.
+    #[inline]
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
     }

@@ -1,6 +1,7 @@
 //! Native test harness (non-wasm targets only): runs a transform over records through the same
-//! ABI path the WebAssembly exports use (encode batch → [`process_batch`] → decode outputs),
-//! against an in-memory host with a state store, `--env` settings and a log.
+//! ABI path the WebAssembly exports use (encode batch → [`process_batch_with`] → decode
+//! outputs), against an in-memory host with a state store, `--env` settings and a log. Like
+//! Runnel's host it accepts the ABI extensions the SDK supports (see [`Harness::abi_features`]).
 //!
 //! ```
 //! use runnel_sdk::testing::Harness;
@@ -18,7 +19,7 @@
 //!
 //! Like the real host, a failed batch discards the state writes it made.
 
-use crate::abi::{process_batch, Failure, ERR_PROCESSING};
+use crate::abi::{process_batch_with, Failure, ERR_PROCESSING, FEATURES_SUPPORTED};
 use crate::host::fake::{with_host, FakeHost};
 use crate::log::Level;
 use crate::transform::BoxedTransform;
@@ -33,13 +34,15 @@ pub struct Harness {
     factory: Factory,
     instance: Option<BoxedTransform>,
     partition: i32,
+    /// The ABI extensions the simulated host accepted.
+    features: i64,
     host: FakeHost,
 }
 
 impl Harness {
     /// A harness for the transform `factory` builds (pass the generated `runnel_instance`).
     pub fn new(factory: Factory) -> Self {
-        Harness { factory, instance: None, partition: 0, host: FakeHost::default() }
+        Harness { factory, instance: None, partition: 0, features: FEATURES_SUPPORTED, host: FakeHost::default() }
     }
 
     /// Sets a `--env` value, as `runnel transform deploy --env NAME=VALUE` would.
@@ -51,6 +54,15 @@ impl Harness {
     /// Sets the input partition reported in batches (default 0).
     pub fn partition(mut self, partition: i32) -> Self {
         self.partition = partition;
+        self
+    }
+
+    /// Sets the ABI extensions the simulated host accepts (bits of
+    /// [`FEATURES_SUPPORTED`](crate::abi::FEATURES_SUPPORTED); all of them by default, as
+    /// Runnel's host). `0` runs the plain ABI v1 layout, as an older host would see it. The
+    /// outputs a test gets back are the same either way.
+    pub fn abi_features(mut self, features: i64) -> Self {
+        self.features = features;
         self
     }
 
@@ -90,11 +102,18 @@ impl Harness {
             None => return Err(Failure { code: ERR_PROCESSING, message: "no instance".to_string() }),
         };
         let before = self.host.state.clone();
-        let result = self.with_installed_host(|| process_batch(input, instance.as_mut()));
+        let features = self.features;
+        let result = self.with_installed_host(|| process_batch_with(input, instance.as_mut(), Vec::new(), features));
         self.instance = Some(instance);
         match result {
-            Ok(encoded) => wire::decode_output(&encoded)
-                .map_err(|m| Failure { code: ERR_PROCESSING, message: format!("guest wrote a bad output batch: {m}") }),
+            Ok(encoded) => {
+                // Forwarded inputs name records of the batch, which then decoded.
+                let inputs = wire::decode_input(input).unwrap_or_default();
+                wire::decode_output_for(&encoded, &inputs).map_err(|m| Failure {
+                    code: ERR_PROCESSING,
+                    message: format!("guest wrote a bad output batch: {m}"),
+                })
+            }
             Err(failure) => {
                 // The host discards the state writes of a failed batch.
                 self.host.state = before;

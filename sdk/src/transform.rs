@@ -1,35 +1,61 @@
 //! The [`Transform`] trait every entry-point macro builds, and the adapters that turn a plain
 //! user function (map, filter, filter_map, flat_map, processor) into one.
 
-use crate::{Error, Output, Record, State};
+use crate::{Error, Output, Record, RecordRef, State};
 use std::marker::PhantomData;
 
 /// Where a transform puts the records it emits for the current input record.
 #[derive(Debug, Default)]
 pub struct Outputs {
-    items: Vec<Output>,
+    items: Vec<Emitted>,
+}
+
+/// One thing emitted for the current input record.
+#[derive(Debug)]
+pub(crate) enum Emitted {
+    /// A record built by the transform.
+    Output(Output),
+    /// The input record itself, unchanged, to this output index.
+    Input(u32),
 }
 
 impl Outputs {
     /// Emits one record (to the output index it carries).
     pub fn push(&mut self, output: impl Into<Output>) {
-        self.items.push(output.into());
+        self.items.push(Emitted::Output(output.into()));
+    }
+
+    /// Emits the current input record unchanged (key, value, headers, timestamp) to output
+    /// `index`. This is the cheapest way to pass a record on: the SDK does not copy it, and a
+    /// host that accepts the `keep-input` extension (Runnel does) gets only its position in the
+    /// batch. Not included in [`Outputs::into_vec`], which has no record to give for it.
+    pub fn forward_input(&mut self, index: u32) {
+        self.items.push(Emitted::Input(index));
     }
 
     /// Sets the timestamp of the outputs from `from` on that have none.
     pub(crate) fn fill_missing_timestamps(&mut self, from: usize, timestamp_ms: i64) {
-        for output in self.items.iter_mut().skip(from) {
-            output.timestamp_ms.get_or_insert(timestamp_ms);
+        for item in self.items.iter_mut().skip(from) {
+            if let Emitted::Output(output) = item {
+                output.timestamp_ms.get_or_insert(timestamp_ms);
+            }
         }
     }
 
-    /// Everything emitted so far, in order.
+    /// Everything pushed so far, in order (inputs passed on with [`Outputs::forward_input`]
+    /// are left out).
     pub fn into_vec(self) -> Vec<Output> {
         self.items
+            .into_iter()
+            .filter_map(|item| match item {
+                Emitted::Output(output) => Some(output),
+                Emitted::Input(_) => None,
+            })
+            .collect()
     }
 
     /// Takes what was emitted so far, in order, leaving the buffer empty for reuse.
-    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, Output> {
+    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, Emitted> {
         self.items.drain(..)
     }
 
@@ -51,6 +77,41 @@ impl Outputs {
 pub trait Transform {
     /// Handles one record, pushing zero or more outputs. An error fails the whole batch.
     fn process(&mut self, record: Record, out: &mut Outputs) -> Result<(), Error>;
+
+    /// Handles one record seen in place in the input batch; this is what the SDK calls. The
+    /// default copies it into an owned [`Record`] for [`Transform::process`]; a transform that
+    /// can work on the borrowed record overrides it and saves that copy (see [`filter_ref`]).
+    fn process_ref(&mut self, record: &RecordRef<'_>, out: &mut Outputs) -> Result<(), Error> {
+        self.process(record.to_record(), out)
+    }
+
+    /// For transforms that only keep or drop records unchanged (the filter adapters): decides a
+    /// whole batch in one loop, pushing the positions of the kept records to `kept`, so the
+    /// SDK makes no per-record call through the `dyn Transform` nor per-record output lists.
+    /// `None` (the default) means "not such a transform": [`Transform::process_ref`] is called
+    /// per record instead. An error names the position of the record that caused it.
+    fn keep_batch(&mut self, records: &[RecordRef<'_>], kept: &mut Vec<u32>) -> Option<Result<(), (usize, Error)>> {
+        let _ = (records, kept);
+        None
+    }
+}
+
+/// The filter loop of [`Transform::keep_batch`]: `keep` runs on each record in turn.
+#[inline(always)]
+fn keep_each(
+    records: &[RecordRef<'_>],
+    kept: &mut Vec<u32>,
+    mut keep: impl FnMut(&RecordRef<'_>) -> Result<bool, Error>,
+) -> Result<(), (usize, Error)> {
+    for (position, record) in records.iter().enumerate() {
+        // A batch holds fewer than `u32::MAX` records (its count is a `u32`).
+        match keep(record) {
+            Ok(true) => kept.push(position as u32),
+            Ok(false) => {}
+            Err(error) => return Err((position, error)),
+        }
+    }
+    Ok(())
 }
 
 /// A boxed instance, as built by the `runnel_instance` function the macros generate.
@@ -83,14 +144,35 @@ where
     Map(f, PhantomData)
 }
 
-struct Filter<F>(F);
+struct Filter<F> {
+    keep: F,
+    /// The record handed to `keep`, reused from record to record: after the first records of a
+    /// batch, no allocation.
+    scratch: Record,
+}
 
 impl<F: FnMut(&Record) -> Result<bool, Error>> Transform for Filter<F> {
     fn process(&mut self, record: Record, out: &mut Outputs) -> Result<(), Error> {
-        if (self.0)(&record)? {
+        if (self.keep)(&record)? {
             out.push(record);
         }
         Ok(())
+    }
+
+    fn process_ref(&mut self, record: &RecordRef<'_>, out: &mut Outputs) -> Result<(), Error> {
+        record.copy_into(&mut self.scratch);
+        if (self.keep)(&self.scratch)? {
+            out.forward_input(0);
+        }
+        Ok(())
+    }
+
+    fn keep_batch(&mut self, records: &[RecordRef<'_>], kept: &mut Vec<u32>) -> Option<Result<(), (usize, Error)>> {
+        let (keep, scratch) = (&mut self.keep, &mut self.scratch);
+        Some(keep_each(records, kept, |record| {
+            record.copy_into(scratch);
+            keep(scratch)
+        }))
     }
 }
 
@@ -99,7 +181,38 @@ pub fn filter<F>(f: F) -> impl Transform
 where
     F: FnMut(&Record) -> Result<bool, Error>,
 {
-    Filter(f)
+    Filter { keep: f, scratch: Record::default() }
+}
+
+struct FilterRef<F>(F);
+
+impl<F: FnMut(&RecordRef<'_>) -> Result<bool, Error>> Transform for FilterRef<F> {
+    fn process(&mut self, record: Record, out: &mut Outputs) -> Result<(), Error> {
+        if (self.0)(&RecordRef::from(&record))? {
+            out.push(record);
+        }
+        Ok(())
+    }
+
+    fn process_ref(&mut self, record: &RecordRef<'_>, out: &mut Outputs) -> Result<(), Error> {
+        if (self.0)(record)? {
+            out.forward_input(0);
+        }
+        Ok(())
+    }
+
+    fn keep_batch(&mut self, records: &[RecordRef<'_>], kept: &mut Vec<u32>) -> Option<Result<(), (usize, Error)>> {
+        Some(keep_each(records, kept, &mut self.0))
+    }
+}
+
+/// [`filter`] on records seen in place ([`RecordRef`]): nothing is copied or allocated per
+/// record, the fastest shape for a filter.
+pub fn filter_ref<F>(f: F) -> impl Transform
+where
+    F: FnMut(&RecordRef<'_>) -> Result<bool, Error>,
+{
+    FilterRef(f)
 }
 
 struct FilterMap<F, O>(F, PhantomData<fn() -> O>);

@@ -5,7 +5,8 @@
 //! counts never size an allocation before the bytes backing them have been seen, so a malformed
 //! batch yields [`Malformed`] (ABI code -2) instead of a panic or a huge allocation.
 
-use crate::{Header, Output, Record};
+use crate::record_ref::HeadersRef;
+use crate::{Header, Output, Record, RecordRef};
 use std::fmt;
 
 /// The batch layout version this SDK reads and writes.
@@ -18,6 +19,11 @@ const MIN_INPUT_RECORD: usize = 8 + 8 + 4 + 4 + 4;
 const MIN_OUTPUT_RECORD: usize = 4 + 8 + 4 + 4 + 4;
 /// The smallest encoding of one header (two null/empty byte strings).
 const MIN_HEADER: usize = 4 + 4;
+/// With the `keep-input` extension (ABI.md, "Extensions"), an output record whose output index
+/// has this bit set is followed by the index of an input record of the batch, forwarded as is.
+pub const FORWARD_INPUT_FLAG: u32 = 1 << 31;
+/// The encoding of one forwarded input: flagged output index, input index.
+const FORWARD_INPUT_RECORD: usize = 4 + 4;
 
 /// Why a batch could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +98,31 @@ impl<'a> Reader<'a> {
         Ok(Some(self.take(len as usize, what)?.to_vec()))
     }
 
+    /// [`Self::bytes`] without copying.
+    fn bytes_ref(&mut self, what: &str) -> Result<Option<&'a [u8]>, Malformed> {
+        let len = self.i32(what)?;
+        if len == -1 {
+            return Ok(None);
+        }
+        if len < 0 {
+            return Err(self.malformed(format!("{what}: negative length {len}")));
+        }
+        Ok(Some(self.take(len as usize, what)?))
+    }
+
+    /// [`Self::headers`] without copying: checks them and returns them still encoded.
+    fn headers_ref(&mut self) -> Result<HeadersRef<'a>, Malformed> {
+        let count = self.count("header count", MIN_HEADER)?;
+        let start = self.pos;
+        for _ in 0..count {
+            if self.bytes_ref("header name")?.is_none() {
+                return Err(self.malformed("header name is null"));
+            }
+            self.bytes_ref("header value")?;
+        }
+        Ok(HeadersRef::encoded(&self.buf[start..self.pos], count as u32))
+    }
+
     /// A count of items each at least `min_size` bytes long, checked against what remains.
     fn count(&mut self, what: &str, min_size: usize) -> Result<usize, Malformed> {
         let count = self.u32(what)? as usize;
@@ -125,6 +156,22 @@ impl<'a> Reader<'a> {
 
 /// Decodes an input batch (host → guest) into records carrying the batch's partition.
 pub fn decode_input(buf: &[u8]) -> Result<Vec<Record>, Malformed> {
+    Ok(decode_input_refs(buf)?.iter().map(RecordRef::to_record).collect())
+}
+
+/// Decodes an input batch into views of its records: nothing is copied, and the only
+/// allocation is the list itself. Checks the whole batch before returning, as
+/// [`decode_input`] does, with the same errors.
+pub fn decode_input_refs(buf: &[u8]) -> Result<Vec<RecordRef<'_>>, Malformed> {
+    match decode_refs_fast(buf) {
+        Some(records) => Ok(records),
+        // Only malformed batches get here: the checked decoder says what is wrong and where.
+        None => decode_refs_checked(buf),
+    }
+}
+
+/// The checked decoder: every field through [`Reader`], each failure with its reason.
+fn decode_refs_checked(buf: &[u8]) -> Result<Vec<RecordRef<'_>>, Malformed> {
     let mut r = Reader::new(buf);
     let version = r.u32("batch version")?;
     if version != BATCH_VERSION {
@@ -136,13 +183,73 @@ pub fn decode_input(buf: &[u8]) -> Result<Vec<Record>, Malformed> {
     for _ in 0..count {
         let offset = r.i64("offset")?;
         let timestamp_ms = r.i64("timestamp")?;
-        let key = r.bytes("key")?;
-        let value = r.bytes("value")?;
-        let headers = r.headers()?;
-        records.push(Record { key, value, headers, timestamp_ms, offset, partition });
+        let key = r.bytes_ref("key")?;
+        let value = r.bytes_ref("value")?;
+        let headers = r.headers_ref()?;
+        records.push(RecordRef { key, value, headers, timestamp_ms, offset, partition });
     }
     r.finish()?;
     Ok(records)
+}
+
+/// The decoder every well-formed batch takes: the same checks as [`decode_refs_checked`] but
+/// plain positions and `None` for "malformed" (no message built, nothing returned through
+/// memory in WebAssembly), which makes it several times cheaper per record.
+fn decode_refs_fast(buf: &[u8]) -> Option<Vec<RecordRef<'_>>> {
+    if u32_at(buf, 0)? != BATCH_VERSION {
+        return None;
+    }
+    let partition = u32_at(buf, 4)? as i32;
+    let count = u32_at(buf, 8)? as usize;
+    if count > (buf.len() - 12) / MIN_INPUT_RECORD {
+        return None;
+    }
+    let mut records = Vec::with_capacity(count);
+    let mut pos = 12;
+    for _ in 0..count {
+        let offset = u64_at(buf, pos)? as i64;
+        let timestamp_ms = u64_at(buf, pos + 8)? as i64;
+        let (key, at) = bytes_at(buf, pos + 16)?;
+        let (value, at) = bytes_at(buf, at)?;
+        let header_count = u32_at(buf, at)?;
+        let headers_start = at + 4;
+        pos = headers_start;
+        for _ in 0..header_count {
+            let (name, at) = bytes_at(buf, pos)?;
+            name?;
+            pos = bytes_at(buf, at)?.1;
+        }
+        let headers = HeadersRef::encoded(&buf[headers_start..pos], header_count);
+        records.push(RecordRef { key, value, headers, timestamp_ms, offset, partition });
+    }
+    if pos != buf.len() {
+        return None;
+    }
+    Some(records)
+}
+
+fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(buf.get(at..at.checked_add(4)?)?);
+    Some(u32::from_le_bytes(word))
+}
+
+fn u64_at(buf: &[u8], at: usize) -> Option<u64> {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(buf.get(at..at.checked_add(8)?)?);
+    Some(u64::from_le_bytes(word))
+}
+
+/// A byte string at `at` (`i32` length, -1 = null; other negatives are malformed): the bytes
+/// and the position after them.
+fn bytes_at(buf: &[u8], at: usize) -> Option<(Option<&[u8]>, usize)> {
+    let len = u32_at(buf, at)? as i32;
+    let start = at + 4;
+    if len == -1 {
+        return Some((None, start));
+    }
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    Some((Some(buf.get(start..end)?), end))
 }
 
 /// Why an output batch could not be encoded.
@@ -237,6 +344,35 @@ impl OutputEncoder {
         self.w.headers(&out.headers)
     }
 
+    /// Appends a forwarded input (the `keep-input` extension, which the host must have
+    /// accepted): input record `input_index` of the batch, unchanged, to output `index`.
+    pub fn push_input(&mut self, index: u32, input_index: u32) -> Result<(), EncodeError> {
+        if index & FORWARD_INPUT_FLAG != 0 {
+            return Err(EncodeError::TooLong);
+        }
+        self.count = self.count.checked_add(1).ok_or(EncodeError::TooLong)?;
+        self.w.put(&(index | FORWARD_INPUT_FLAG).to_le_bytes())?;
+        self.w.put(&input_index.to_le_bytes())
+    }
+
+    /// Appends `record` unchanged to output `index` in the plain layout (what a forwarded input
+    /// becomes when the host did not accept `keep-input`): like `Output::from(record)`, a
+    /// negative timestamp is written as -1.
+    pub fn push_record(&mut self, index: u32, record: &RecordRef<'_>) -> Result<(), EncodeError> {
+        self.count = self.count.checked_add(1).ok_or(EncodeError::TooLong)?;
+        self.w.put(&index.to_le_bytes())?;
+        self.w.put(&record.timestamp_ms.max(-1).to_le_bytes())?;
+        self.w.bytes(record.key)?;
+        self.w.bytes(record.value)?;
+        let count = u32::try_from(record.headers.len()).map_err(|_| EncodeError::TooLong)?;
+        self.w.put(&count.to_le_bytes())?;
+        for header in record.headers.iter() {
+            self.w.bytes(Some(header.name))?;
+            self.w.bytes(header.value)?;
+        }
+        Ok(())
+    }
+
     /// The encoded batch.
     pub fn finish(mut self) -> Result<Vec<u8>, EncodeError> {
         self.w.buf[..4].copy_from_slice(&self.count.to_le_bytes());
@@ -269,6 +405,34 @@ pub fn decode_output(buf: &[u8]) -> Result<Vec<Output>, Malformed> {
     let mut outputs = Vec::with_capacity(count);
     for _ in 0..count {
         let index = r.u32("output index")?;
+        let timestamp = r.i64("timestamp")?;
+        let key = r.bytes("key")?;
+        let value = r.bytes("value")?;
+        let headers = r.headers()?;
+        let timestamp_ms = if timestamp == -1 { None } else { Some(timestamp) };
+        outputs.push(Output { index, timestamp_ms, key, value, headers });
+    }
+    r.finish()?;
+    Ok(outputs)
+}
+
+/// Decodes an output batch as the host does when it accepted `keep-input`: a forwarded input
+/// becomes that record of `inputs` unchanged, to its output (its timestamp as
+/// `Output::from(record)` gives it). Used by the native harness.
+pub fn decode_output_for(buf: &[u8], inputs: &[Record]) -> Result<Vec<Output>, Malformed> {
+    let mut r = Reader::new(buf);
+    let count = r.count("output count", FORWARD_INPUT_RECORD)?;
+    let mut outputs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let index = r.u32("output index")?;
+        if index & FORWARD_INPUT_FLAG != 0 {
+            let input_index = r.u32("input index")? as usize;
+            let input = inputs
+                .get(input_index)
+                .ok_or_else(|| r.malformed(format!("input index {input_index} out of range")))?;
+            outputs.push(input.clone().to(index & !FORWARD_INPUT_FLAG));
+            continue;
+        }
         let timestamp = r.i64("timestamp")?;
         let key = r.bytes("key")?;
         let value = r.bytes("value")?;
@@ -392,6 +556,62 @@ mod tests {
             let _ = decode_input(&noise);
             let _ = decode_output(&noise);
         }
+    }
+
+    #[test]
+    fn the_fast_and_checked_input_decoders_agree_on_every_mutation() {
+        let valid = encode_input(2, &sample()).expect("encode");
+        let mut seed = 0x0123_4567_89ab_cdef;
+        for round in 0..20_000 {
+            let mut buf = valid.clone();
+            for _ in 0..(next(&mut seed) % 3 + 1) {
+                let at = (next(&mut seed) as usize) % buf.len();
+                buf[at] = if round % 2 == 0 { next(&mut seed) as u8 } else { [0, 1, 0xff, 0x7f][at % 4] };
+            }
+            match (decode_refs_fast(&buf), decode_refs_checked(&buf)) {
+                (Some(fast), Ok(checked)) => assert_eq!(fast, checked),
+                (None, Err(_)) => {}
+                (fast, checked) => panic!("{buf:?}: fast {fast:?}, checked {checked:?}"),
+            }
+        }
+        assert_eq!(decode_refs_fast(&valid).map(|r| r.len()), Some(3));
+    }
+
+    #[test]
+    fn a_forwarded_input_is_its_flagged_index_then_its_position() {
+        let mut encoder = OutputEncoder::new(Vec::new()).expect("encoder");
+        encoder.push_input(2, 7).expect("forward");
+        let buf = encoder.finish().expect("finish");
+        let mut expected = 1u32.to_le_bytes().to_vec();
+        expected.extend_from_slice(&(2u32 | FORWARD_INPUT_FLAG).to_le_bytes());
+        expected.extend_from_slice(&7u32.to_le_bytes());
+        assert_eq!(buf, expected);
+        // An output index that already has the flag cannot be forwarded to.
+        let mut encoder = OutputEncoder::new(Vec::new()).expect("encoder");
+        assert_eq!(encoder.push_input(FORWARD_INPUT_FLAG, 0), Err(EncodeError::TooLong));
+    }
+
+    #[test]
+    fn forwarded_and_copied_records_decode_alike() {
+        let inputs = sample();
+        let batch = encode_input(0, &inputs).expect("encode");
+        let refs = decode_input_refs(&batch).expect("decode");
+        let mut forwarded = OutputEncoder::new(Vec::new()).expect("encoder");
+        let mut copied = OutputEncoder::new(Vec::new()).expect("encoder");
+        for (position, record) in refs.iter().enumerate() {
+            forwarded.push_input(1, position as u32).expect("forward");
+            copied.push_record(1, record).expect("copy");
+        }
+        let forwarded = decode_output_for(&forwarded.finish().expect("finish"), &inputs).expect("decode");
+        let copied = decode_output_for(&copied.finish().expect("finish"), &inputs).expect("decode");
+        assert_eq!(forwarded, copied);
+        let expected: Vec<Output> = inputs.into_iter().map(|r| r.to(1)).collect();
+        assert_eq!(forwarded, expected);
+        // A forward past the inputs is malformed.
+        let mut encoder = OutputEncoder::new(Vec::new()).expect("encoder");
+        encoder.push_input(0, 3).expect("forward");
+        let err = decode_output_for(&encoder.finish().expect("finish"), &sample()).expect_err("past the inputs");
+        assert!(err.reason.contains("input index 3"), "{err}");
     }
 
     #[test]

@@ -94,30 +94,37 @@ impl Condition {
     }
 
     /// [`Self::matches`] on a field as [`json::find`](runnel_sdk::json::find) returns it: a
-    /// string is compared in place (no `Value` built), anything else is converted first.
+    /// string is compared in place (no `Value` built, and without escapes not even converted
+    /// to `&str`), anything else is converted first.
+    #[inline]
     pub fn matches_raw(&self, field: Option<Raw<'_>>) -> bool {
         let raw = match field {
             Some(raw) => raw,
             None => return self.matches(None),
         };
+        if let Some(bytes) = raw.plain_str_bytes() {
+            return self.matches_str(bytes);
+        }
         match raw.as_str() {
-            Some(text) => self.matches_str(&text),
+            Some(text) => self.matches_str(text.as_bytes()),
             None => self.matches(Some(&raw.to_value())),
         }
     }
 
-    /// What [`Self::matches`] answers for a present string field holding `s`.
-    fn matches_str(&self, s: &str) -> bool {
-        let order = || s.cmp(self.text.as_str());
+    /// What [`Self::matches`] answers for a present string field holding the UTF-8 bytes `s`
+    /// (UTF-8 bytes order as their text does).
+    #[inline(always)]
+    fn matches_str(&self, s: &[u8]) -> bool {
+        let order = || s.cmp(self.text.as_bytes());
         match self.op {
             Op::Exists => self.exists,
-            Op::Equals => s == self.text,
-            Op::NotEquals => s != self.text,
+            Op::Equals => s == self.text.as_bytes(),
+            Op::NotEquals => s != self.text.as_bytes(),
             Op::Gt => order() == Ordering::Greater,
             Op::Gte => order() != Ordering::Less,
             Op::Lt => order() == Ordering::Less,
             Op::Lte => order() != Ordering::Greater,
-            Op::Contains => s.contains(&self.text),
+            Op::Contains => std::str::from_utf8(s).map_or(false, |s| s.contains(&self.text)),
         }
     }
 

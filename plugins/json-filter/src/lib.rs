@@ -11,7 +11,7 @@
 pub mod condition;
 
 use condition::{Condition, Op};
-use runnel_sdk::{env, json, Error, Record};
+use runnel_sdk::{env, json, Error, RecordRef};
 
 /// What to do with a record whose value is not JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +39,7 @@ impl OnInvalid {
 /// The parsed configuration.
 #[derive(Debug)]
 pub struct Config {
-    field: String,
+    field: json::Path,
     conditions: Vec<Condition>,
     on_invalid: OnInvalid,
 }
@@ -57,17 +57,18 @@ pub fn config() -> Result<Config, Error> {
         let names: Vec<&str> = Op::ALL.iter().map(|op| op.env_name()).collect();
         return Err(Error::new(format!("no condition given: set one of {}", names.join(", "))));
     }
-    Ok(Config { field, conditions, on_invalid: OnInvalid::from_env()? })
+    Ok(Config { field: json::Path::new(&field), conditions, on_invalid: OnInvalid::from_env()? })
 }
 
-fn keep(config: &Config, record: &Record) -> Result<bool, Error> {
+fn keep(config: &Config, record: &RecordRef<'_>) -> Result<bool, Error> {
     if record.is_tombstone() {
         return Ok(true);
     }
-    let bytes = record.value.as_deref().unwrap_or_default();
-    // Only the one field is needed: `find` checks the whole value like `parse` does but builds
-    // no tree, and a string field is compared where it lies.
-    let field = match json::find(bytes, &config.field) {
+    let bytes = record.value.unwrap_or_default();
+    // Only the one field is needed: `find_path` checks the whole value like `parse` does but
+    // builds no tree (the path was split once, in `config`), and a string field is compared
+    // where it lies.
+    let field = match json::find_path(bytes, &config.field) {
         Ok(field) => field,
         Err(e) => {
             return match config.on_invalid {
@@ -80,7 +81,9 @@ fn keep(config: &Config, record: &Record) -> Result<bool, Error> {
     Ok(config.conditions.iter().all(|c| c.matches_raw(field)))
 }
 
-runnel_sdk::filter!(keep, config = config);
+// `filter_ref!`: the record is read where it lies in the input batch and a kept one is passed
+// on by its position, so nothing is copied per record.
+runnel_sdk::filter_ref!(keep, config = config);
 
 #[cfg(test)]
 mod tests;

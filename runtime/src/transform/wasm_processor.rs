@@ -6,9 +6,10 @@ use std::sync::Arc;
 use crate::transform::processor::{
     Failure, InRecord, InstanceSetup, LogSink, OutRecord, Processed, Processor, ProcessorFactory, SharedState,
 };
-use crate::wasm::abi::{InputRecord, RecordHeader};
+use crate::wasm::abi::{Emitted, OutputRecord};
 use crate::wasm::engine::{HostConfig, WasmHost};
 use crate::wasm::error::{LoadError, ProcessError};
+use crate::wasm::input::{batch_len, input_record_len, BatchWriter, ForwardSizes, InputBatch};
 use crate::wasm::instance::{InstanceConfig, TransformInstance};
 use crate::wasm::log::{LogLevel, LogLine};
 use crate::wasm::module::TransformModule;
@@ -92,22 +93,8 @@ struct WasmProcessor {
 
 impl Processor for WasmProcessor {
     fn process(&mut self, records: &[InRecord]) -> Result<Processed, Failure> {
-        let headers: Vec<Vec<RecordHeader<'_>>> = records
-            .iter()
-            .map(|r| r.headers.iter().map(|(n, v)| RecordHeader { name: n.as_bytes(), value: v.as_deref() }).collect())
-            .collect();
-        let input: Vec<InputRecord<'_>> = records
-            .iter()
-            .zip(&headers)
-            .map(|(r, headers)| InputRecord {
-                offset: r.offset,
-                timestamp_ms: r.timestamp_ms,
-                key: r.key.as_deref(),
-                value: r.value.as_deref(),
-                headers,
-            })
-            .collect();
-        let output = self.instance.process(&input).map_err(failure)?;
+        // The records are encoded into guest memory as the runner holds them (`InputBatch`).
+        let output = self.instance.process_batch(records).map_err(failure)?;
         forward(&self.log, &output.logs);
         // ABI v1: -1 means "the input record's timestamp"; the SDK resolves it per record, a
         // hand-written guest gets the batch's last input timestamp.
@@ -115,20 +102,34 @@ impl Processor for WasmProcessor {
         let records = output
             .records
             .into_iter()
-            .map(|r| OutRecord {
-                output: r.output_index,
-                timestamp_ms: r.timestamp_or(fallback_ms),
-                key: r.key,
-                value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|h| (String::from_utf8_lossy(&h.name).into_owned(), h.value))
-                    .collect(),
+            .map(|emitted| match emitted {
+                Emitted::Record(record) => Ok(out_record(record, fallback_ms)),
+                // A forwarded input is the record the runner handed in: its bytes are shared,
+                // not copied (decode_emitted checked the index against this batch).
+                Emitted::Input { output_index, input_index } => match records.get(input_index as usize) {
+                    Some(input) => Ok(OutRecord {
+                        output: output_index,
+                        timestamp_ms: input.timestamp_ms,
+                        key: input.key.clone(),
+                        value: input.value.clone(),
+                        headers: input.headers.clone(),
+                    }),
+                    None => Err(Failure::new("output", format!("forwarded input {input_index} is not in the batch"))),
+                },
             })
-            .collect();
+            .collect::<Result<Vec<_>, Failure>>()?;
         let state_changes = output.state_changes.into_iter().map(|c| (c.key, c.value)).collect();
         Ok(Processed { records, state_changes })
+    }
+}
+
+fn out_record(record: OutputRecord, fallback_ms: i64) -> OutRecord {
+    OutRecord {
+        output: record.output_index,
+        timestamp_ms: record.timestamp_or(fallback_ms),
+        key: record.key,
+        value: record.value,
+        headers: record.headers.into_iter().map(|h| (String::from_utf8_lossy(&h.name).into_owned(), h.value)).collect(),
     }
 }
 
@@ -155,4 +156,33 @@ fn forward(sink: &Arc<dyn LogSink>, lines: &[LogLine]) {
         };
         sink.line(level, &line.message);
     }
+}
+
+/// The runner's records, encoded into guest memory directly (no list of views built first).
+impl InputBatch for [InRecord] {
+    fn encoded_len(&self) -> usize {
+        batch_len(self.iter().map(|r| input_record_len(bytes_len(&r.key), bytes_len(&r.value), header_lens(r))))
+    }
+
+    fn write(&self, partition: i32, out: &mut [u8]) {
+        let mut writer = BatchWriter::new(out, partition, self.len());
+        for r in self {
+            let headers = r.headers.iter().map(|(name, value)| (name.as_bytes(), value.as_deref()));
+            writer.record(r.offset, r.timestamp_ms, r.key.as_deref(), r.value.as_deref(), headers);
+        }
+        writer.finish();
+    }
+
+    fn forward_sizes(&self, index: usize) -> Option<ForwardSizes> {
+        let r = self.get(index)?;
+        Some(ForwardSizes::of(bytes_len(&r.key), bytes_len(&r.value), header_lens(r)))
+    }
+}
+
+fn bytes_len(bytes: &Option<bytes::Bytes>) -> Option<usize> {
+    bytes.as_ref().map(|b| b.len())
+}
+
+fn header_lens(record: &InRecord) -> impl Iterator<Item = (usize, Option<usize>)> + '_ {
+    record.headers.iter().map(|(name, value)| (name.len(), bytes_len(value)))
 }

@@ -7,10 +7,25 @@
 use bytes::Bytes;
 
 use crate::wasm::error::{OutputCap, ProcessError};
+use crate::wasm::input::InputBatch;
 use crate::wasm::limits::Limits;
 
 /// The ABI version this host speaks, and the `version` field of every input batch.
 pub const ABI_VERSION: i32 = 1;
+
+/// ABI v1 extension `keep-input` (`sdk/ABI.md`, "Extensions"): an output record may name a
+/// record of the input batch to forward unchanged instead of carrying a copy of it.
+pub const FEATURE_KEEP_INPUT: i64 = 1;
+/// The extensions this host offers to a module that exports `runnel_abi_features`. A module
+/// accepts a subset; one that does not export the function gets plain ABI v1.
+pub const HOST_FEATURES: i64 = FEATURE_KEEP_INPUT;
+/// `keep-input`: an output index with this bit set is a forwarded input, followed by its index.
+const FORWARD_INPUT_FLAG: u32 = 1 << 31;
+/// The encoding of a forwarded input: flagged output index, input index.
+const FORWARDED_BYTES: usize = 4 + 4;
+/// The smallest output record in the plain layout: index, timestamp, two null byte strings,
+/// zero headers.
+const RECORD_BYTES_MIN: usize = 4 + 8 + 4 + 4 + 4;
 
 /// Byte-string length meaning null (`i32 len = -1`).
 const NULL_LEN: i32 = -1;
@@ -59,32 +74,54 @@ impl OutputRecord {
     pub fn timestamp_or(&self, input_timestamp_ms: i64) -> i64 {
         self.timestamp_ms.unwrap_or(input_timestamp_ms)
     }
+
+    /// `input` forwarded unchanged to `output_index`, its bytes copied (what a `keep-input`
+    /// forward means, for embedders that want every output as an `OutputRecord`). An input
+    /// without a timestamp (negative) gives `None`.
+    pub fn forwarded(output_index: u32, input: &InputRecord<'_>) -> OutputRecord {
+        let copy = |bytes: Option<&[u8]>| bytes.map(Bytes::copy_from_slice);
+        OutputRecord {
+            output_index,
+            timestamp_ms: (input.timestamp_ms >= 0).then_some(input.timestamp_ms),
+            key: copy(input.key),
+            value: copy(input.value),
+            headers: input
+                .headers
+                .iter()
+                .map(|h| OutputHeader { name: Bytes::copy_from_slice(h.name), value: copy(h.value) })
+                .collect(),
+        }
+    }
+}
+
+/// One record a guest emitted: a record it encoded, or (`keep-input`) an input of the batch
+/// passed on unchanged, which the embedder takes from the input it already holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Emitted {
+    Record(OutputRecord),
+    /// Input record `input_index` of the batch (checked to exist), unchanged: key, value,
+    /// headers and timestamp, to output `output_index` (checked against the outputs).
+    Input {
+        output_index: u32,
+        input_index: u32,
+    },
 }
 
 /// Bytes `records` take once encoded, batch header included. Saturates instead of
 /// overflowing so an absurd batch is refused by the size cap, not by a panic.
 pub fn encoded_input_len(records: &[InputRecord<'_>]) -> usize {
-    const BATCH_HEADER: usize = 4 + 4 + 4;
-    const RECORD_FIXED: usize = 8 + 8 + 4 + 4 + 4;
-    let mut total = BATCH_HEADER;
-    for record in records {
-        let mut size = RECORD_FIXED + optional_len(record.key) + optional_len(record.value);
-        for header in record.headers {
-            size = size.saturating_add(8 + header.name.len() + optional_len(header.value));
-        }
-        total = total.saturating_add(size);
-    }
-    total
-}
-
-fn optional_len(bytes: Option<&[u8]>) -> usize {
-    bytes.map_or(0, <[u8]>::len)
+    records.encoded_len()
 }
 
 /// The encoded size of `records`, refused when over `input_bytes_max` (or `i32::MAX`, which
 /// bounds every length field and the guest's `len` parameter).
 pub fn checked_input_len(records: &[InputRecord<'_>], input_bytes_max: usize) -> Result<usize, ProcessError> {
-    let len = encoded_input_len(records);
+    checked_len(records, input_bytes_max)
+}
+
+/// [`checked_input_len`] for any [`InputBatch`].
+pub(crate) fn checked_len<B: InputBatch + ?Sized>(batch: &B, input_bytes_max: usize) -> Result<usize, ProcessError> {
+    let len = batch.encoded_len();
     let cap = input_bytes_max.min(i32::MAX as usize);
     if len > cap {
         return Err(ProcessError::InputTooLarge { bytes: len, max_bytes: cap });
@@ -103,65 +140,48 @@ pub fn encode_input(
     let len = checked_input_len(records, input_bytes_max)?;
     out.clear();
     out.resize(len, 0);
-    write_input(partition, records, out);
+    records.write(partition, out);
     Ok(())
 }
 
-/// Writes the input batch into `out`, which must be exactly [`checked_input_len`] bytes (the
-/// host writes straight into the buffer the guest allocated, without an intermediate copy).
-pub(crate) fn write_input(partition: i32, records: &[InputRecord<'_>], out: &mut [u8]) {
-    let mut writer = Writer { out, position: 0 };
-    writer.put(&(ABI_VERSION as u32).to_le_bytes());
-    writer.put(&partition.to_le_bytes());
-    writer.count(records.len());
-    for record in records {
-        writer.put(&record.offset.to_le_bytes());
-        writer.put(&record.timestamp_ms.to_le_bytes());
-        writer.bytes(record.key);
-        writer.bytes(record.value);
-        writer.count(record.headers.len());
-        for header in record.headers {
-            writer.bytes(Some(header.name));
-            writer.bytes(header.value);
-        }
-    }
-    assert_eq!(writer.position, writer.out.len(), "encoded input length disagrees with its size");
-}
-
-struct Writer<'a> {
-    out: &'a mut [u8],
-    position: usize,
-}
-
-impl Writer<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        // Panics (slice bounds) if the buffer is smaller than encoded_input_len said.
-        self.out[self.position..self.position + bytes.len()].copy_from_slice(bytes);
-        self.position += bytes.len();
-    }
-
-    /// Counts and lengths fit `u32`/`i32`: the whole batch is at most `i32::MAX` bytes.
-    fn count(&mut self, count: usize) {
-        let count = u32::try_from(count).expect("count bounded by the batch size cap");
-        self.put(&count.to_le_bytes());
-    }
-
-    fn bytes(&mut self, bytes: Option<&[u8]>) {
-        match bytes {
-            None => self.put(&NULL_LEN.to_le_bytes()),
-            Some(bytes) => {
-                let len = i32::try_from(bytes.len()).expect("length bounded by the batch size cap");
-                self.put(&len.to_le_bytes());
-                self.put(bytes);
-            }
-        }
-    }
-}
-
-/// Decodes a guest output batch, already copied out of guest memory into `buffer` and already
-/// checked against `output_bytes_max`. Checks every cap and that each record names one of
-/// `outputs` outputs. Key, value and header bytes are slices of `buffer` (no copies).
+/// Decodes a guest output batch in the plain ABI v1 layout, already copied out of guest memory
+/// into `buffer` and already checked against `output_bytes_max`. Checks every cap and that
+/// each record names one of `outputs` outputs. Key, value and header bytes are slices of
+/// `buffer` (no copies).
 pub fn decode_output(buffer: &Bytes, outputs: u32, limits: &Limits) -> Result<Vec<OutputRecord>, ProcessError> {
+    let emitted = decode_emitted(buffer, outputs, &[], 0, limits)?;
+    // Without `keep-input` a flagged output index is just an index past the outputs (refused).
+    Ok(emitted
+        .into_iter()
+        .filter_map(|record| match record {
+            Emitted::Record(record) => Some(record),
+            Emitted::Input { .. } => None,
+        })
+        .collect())
+}
+
+/// [`decode_output`] for a module that accepted the extensions in `features`: with
+/// [`FEATURE_KEEP_INPUT`] a record may forward one of `inputs` (the batch the guest was given).
+/// A forward counts against the caps as the plain record it stands for would (records, value
+/// bytes, and output bytes: `buffer` plus what each forward would have taken).
+pub fn decode_emitted(
+    buffer: &Bytes,
+    outputs: u32,
+    inputs: &[InputRecord<'_>],
+    features: i64,
+    limits: &Limits,
+) -> Result<Vec<Emitted>, ProcessError> {
+    decode_emitted_for(buffer, outputs, inputs, features, limits)
+}
+
+/// [`decode_emitted`] for any [`InputBatch`].
+pub(crate) fn decode_emitted_for<B: InputBatch + ?Sized>(
+    buffer: &Bytes,
+    outputs: u32,
+    inputs: &B,
+    features: i64,
+    limits: &Limits,
+) -> Result<Vec<Emitted>, ProcessError> {
     let mut reader = Reader { buffer, position: 0 };
     let count = reader.u32("truncated record count")?;
     if count as usize > limits.output_records_max {
@@ -171,42 +191,57 @@ pub fn decode_output(buffer: &Bytes, outputs: u32, limits: &Limits) -> Result<Ve
             max: limits.output_records_max as u64,
         });
     }
-    // Smallest record: index, timestamp, two null byte strings, zero headers.
-    const RECORD_BYTES_MIN: usize = 4 + 8 + 4 + 4 + 4;
-    if count as usize > reader.remaining() / RECORD_BYTES_MIN {
+    let keep_input = features & FEATURE_KEEP_INPUT != 0;
+    let record_bytes_min = if keep_input { FORWARDED_BYTES } else { RECORD_BYTES_MIN };
+    if count as usize > reader.remaining() / record_bytes_min {
         return Err(reader.malformed("record count larger than the buffer can hold"));
     }
     let mut records = Vec::with_capacity(count as usize);
+    // What the forwards add to the buffer's size, as plain records.
+    let mut forwarded_bytes = 0u64;
     for record in 0..count as usize {
         let output_index = reader.u32("truncated output index")?;
-        if output_index >= outputs {
-            return Err(ProcessError::BadOutputIndex { record, output_index, outputs });
+        if keep_input && output_index & FORWARD_INPUT_FLAG != 0 {
+            let output_index = output_index & !FORWARD_INPUT_FLAG;
+            check_output_index(record, output_index, outputs)?;
+            let (input_index, plain_bytes) = reader.forwarded_input(inputs, limits)?;
+            forwarded_bytes = forwarded_bytes.saturating_add(plain_bytes.saturating_sub(FORWARDED_BYTES) as u64);
+            records.push(Emitted::Input { output_index, input_index });
+            continue;
         }
-        let timestamp_ms = match reader.i64("truncated timestamp")? {
-            -1 => None,
-            timestamp_ms if timestamp_ms < 0 => {
-                return Err(reader.malformed("negative timestamp other than -1"));
-            }
-            timestamp_ms => Some(timestamp_ms),
-        };
-        let key = reader.bytes("truncated key")?;
-        let value = reader.bytes("truncated value")?;
-        if let Some(value) = &value {
-            if value.len() > limits.output_value_bytes_max {
-                return Err(ProcessError::OutputTooLarge {
-                    cap: OutputCap::ValueBytes,
-                    found: value.len() as u64,
-                    max: limits.output_value_bytes_max as u64,
-                });
-            }
-        }
-        let headers = reader.headers()?;
-        records.push(OutputRecord { output_index, timestamp_ms, key, value, headers });
+        check_output_index(record, output_index, outputs)?;
+        records.push(Emitted::Record(reader.output_record(output_index, limits)?));
     }
     if reader.remaining() != 0 {
         return Err(reader.malformed("trailing bytes after the last record"));
     }
+    let total_bytes = buffer.len() as u64 + forwarded_bytes;
+    if total_bytes > limits.output_bytes_max as u64 {
+        return Err(ProcessError::OutputTooLarge {
+            cap: OutputCap::Bytes,
+            found: total_bytes,
+            max: limits.output_bytes_max as u64,
+        });
+    }
     Ok(records)
+}
+
+fn check_output_index(record: usize, output_index: u32, outputs: u32) -> Result<(), ProcessError> {
+    if output_index >= outputs {
+        return Err(ProcessError::BadOutputIndex { record, output_index, outputs });
+    }
+    Ok(())
+}
+
+fn check_value_len(len: usize, limits: &Limits) -> Result<(), ProcessError> {
+    if len > limits.output_value_bytes_max {
+        return Err(ProcessError::OutputTooLarge {
+            cap: OutputCap::ValueBytes,
+            found: len as u64,
+            max: limits.output_value_bytes_max as u64,
+        });
+    }
+    Ok(())
 }
 
 struct Reader<'a> {
@@ -259,6 +294,39 @@ impl Reader<'_> {
             len if len < 0 => Err(self.malformed("negative byte-string length other than -1")),
             len => self.take(len as usize, truncated).map(Some),
         }
+    }
+
+    /// The rest of a plain output record, after its (checked) output index.
+    fn output_record(&mut self, output_index: u32, limits: &Limits) -> Result<OutputRecord, ProcessError> {
+        let timestamp_ms = match self.i64("truncated timestamp")? {
+            -1 => None,
+            timestamp_ms if timestamp_ms < 0 => {
+                return Err(self.malformed("negative timestamp other than -1"));
+            }
+            timestamp_ms => Some(timestamp_ms),
+        };
+        let key = self.bytes("truncated key")?;
+        let value = self.bytes("truncated value")?;
+        if let Some(value) = &value {
+            check_value_len(value.len(), limits)?;
+        }
+        let headers = self.headers()?;
+        Ok(OutputRecord { output_index, timestamp_ms, key, value, headers })
+    }
+
+    /// The input index of a forward: checked against the batch, and its value against the
+    /// value cap. Returns it with the size the input takes as a plain output record.
+    fn forwarded_input<B: InputBatch + ?Sized>(
+        &mut self,
+        inputs: &B,
+        limits: &Limits,
+    ) -> Result<(u32, usize), ProcessError> {
+        let input_index = self.u32("truncated input index")?;
+        let Some(sizes) = inputs.forward_sizes(input_index as usize) else {
+            return Err(self.malformed("forwarded input index past the end of the input batch"));
+        };
+        check_value_len(sizes.value_bytes, limits)?;
+        Ok((input_index, sizes.plain_output_bytes))
     }
 
     fn headers(&mut self) -> Result<Vec<OutputHeader>, ProcessError> {

@@ -45,6 +45,9 @@ impl Default for HostConfig {
     }
 }
 
+/// Set (to anything) to have wasmtime write a perf map of compiled guest code for profiling.
+pub(crate) const PERFMAP_ENV: &str = "RUNNEL_WASM_PERFMAP";
+
 /// The WASM host of a process: create one, load modules with it, instantiate them.
 ///
 /// Cheap to clone (shared). The epoch ticker thread runs while any clone, module or instance
@@ -70,6 +73,11 @@ impl WasmHost {
             .epoch_interruption(true)
             .max_wasm_stack(config.wasm_stack_bytes_max)
             .cranelift_opt_level(OptLevel::Speed);
+        // A developer's switch, not configuration: `perf` (and the method in benches/README.md)
+        // names guest functions from /tmp/perf-<pid>.map, which wasmtime then writes.
+        if std::env::var_os(PERFMAP_ENV).is_some() {
+            engine_config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&engine_config).map_err(|error| HostError::Engine { message: error.to_string() })?;
         let mut linker = Linker::new(&engine);
         host::define(&mut linker)

@@ -50,8 +50,10 @@ pub enum InstantiateError {
     Instantiate { message: String },
     #[error("`runnel_init` returned {code}{}", message_suffix(.message))]
     InitFailed { code: i32, message: Option<String> },
-    #[error("initialization (`_initialize` or `runnel_init`) failed: {0}")]
+    #[error("initialization (`_initialize`, `runnel_abi_features` or `runnel_init`) failed: {0}")]
     InitFault(#[source] Box<ProcessError>),
+    #[error("`runnel_abi_features` accepted extensions {accepted:#x}, but the host offered only {offered:#x}")]
+    AbiFeatures { accepted: i64, offered: i64 },
 }
 
 /// Which output cap a batch exceeded.

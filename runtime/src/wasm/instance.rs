@@ -8,9 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use wasmtime::{Engine, Instance, InstancePre, Memory, Store, Trap, TypedFunc};
 
-use crate::wasm::abi::{checked_input_len, decode_output, write_input, InputRecord, OutputRecord};
+use crate::wasm::abi::{checked_len, decode_emitted_for, Emitted, InputRecord, OutputRecord, HOST_FEATURES};
 use crate::wasm::clock::{GuestClock, SystemGuestClock};
 use crate::wasm::error::{HostFault, InstantiateError, OutputCap, ProcessError};
+use crate::wasm::input::InputBatch;
 use crate::wasm::limits::{deadline_ticks, Limits};
 use crate::wasm::log::{LogLine, LogRing};
 use crate::wasm::module::{error_chain, TransformModule};
@@ -58,10 +59,11 @@ impl InstanceConfig {
 }
 
 /// The result of one successful batch. The embedder commits `records`, `state_changes` and
-/// the input offset together, or none of them.
+/// the input offset together, or none of them. `R` is [`OutputRecord`] from
+/// [`TransformInstance::process`], [`Emitted`] from [`TransformInstance::process_emitted`].
 #[derive(Debug)]
-pub struct ProcessOutput {
-    pub records: Vec<OutputRecord>,
+pub struct ProcessOutput<R = OutputRecord> {
+    pub records: Vec<R>,
     /// Staged writes in key order; `value: None` deletes.
     pub state_changes: Vec<StateChange>,
     /// This batch's log lines (also appended to the instance's log ring).
@@ -91,6 +93,8 @@ pub struct TransformInstance {
 
 struct Live {
     store: Store<HostState>,
+    /// The ABI extensions this instance's module accepted (`runnel_abi_features`).
+    features: i64,
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
     process: TypedFunc<(i32, i32), i64>,
@@ -124,11 +128,44 @@ impl TransformInstance {
 
     /// Runs one batch. On success the caller commits the output; on failure nothing of the
     /// batch survives, and if [`ProcessError::discards_instance`] the next call starts from a
-    /// fresh instance.
+    /// fresh instance. Inputs the module forwarded (`keep-input`) come back as copies.
     pub fn process(&mut self, records: &[InputRecord<'_>]) -> Result<ProcessOutput, ProcessError> {
+        let output = self.process_emitted(records)?;
+        let materialized = output
+            .records
+            .into_iter()
+            .map(|emitted| match emitted {
+                Emitted::Record(record) => record,
+                // decode_emitted checked the index against this batch.
+                Emitted::Input { output_index, input_index } => {
+                    OutputRecord::forwarded(output_index, &records[input_index as usize])
+                }
+            })
+            .collect();
+        Ok(ProcessOutput {
+            records: materialized,
+            state_changes: output.state_changes,
+            logs: output.logs,
+            input_bytes: output.input_bytes,
+            output_bytes: output.output_bytes,
+        })
+    }
+
+    /// [`Self::process`], leaving forwarded inputs as [`Emitted::Input`]: an embedder that
+    /// holds the input records passes them on without a copy.
+    pub fn process_emitted(&mut self, records: &[InputRecord<'_>]) -> Result<ProcessOutput<Emitted>, ProcessError> {
+        self.process_batch(records)
+    }
+
+    /// [`Self::process_emitted`] for any [`InputBatch`]: the transform runner's own records are
+    /// encoded into guest memory as they are.
+    pub(crate) fn process_batch<B: InputBatch + ?Sized>(
+        &mut self,
+        records: &B,
+    ) -> Result<ProcessOutput<Emitted>, ProcessError> {
         self.batch += 1;
         let batch = self.batch;
-        let input_bytes = checked_input_len(records, self.limits.input_bytes_max)?;
+        let input_bytes = checked_len(records, self.limits.input_bytes_max)?;
         if self.live.is_none() {
             self.live = Some(self.instantiate_live().map_err(ProcessError::Instantiate)?);
         }
@@ -203,6 +240,10 @@ impl TransformInstance {
         if self.module.inner.has_wasi_initialize {
             self.call_wasi_initialize(&mut store, &instance, ticks)?;
         }
+        let features = match self.module.inner.has_features {
+            true => negotiate_features(&mut store, &instance, ticks, self.limits.init_deadline)?,
+            false => 0,
+        };
         if self.module.inner.has_init {
             let init = instance.get_typed_func::<(), i32>(&mut store, "runnel_init").map_err(internal)?;
             store.data_mut().begin_call(0);
@@ -223,7 +264,7 @@ impl TransformInstance {
             // State writes from `runnel_init` have no batch to commit with: dropped.
             store.data_mut().overlay.clear();
         }
-        Ok(Live { store, memory, alloc, process })
+        Ok(Live { store, features, memory, alloc, process })
     }
 }
 
@@ -261,21 +302,43 @@ impl std::fmt::Debug for TransformInstance {
     }
 }
 
+/// Offers the host's ABI extensions to a module that exports `runnel_abi_features` and returns
+/// what it accepted, refusing an answer outside the offer.
+pub(crate) fn negotiate_features(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    ticks: u64,
+    budget: Duration,
+) -> Result<i64, InstantiateError> {
+    let features = instance
+        .get_typed_func::<i64, i64>(&mut *store, "runnel_abi_features")
+        .map_err(|error| InstantiateError::Instantiate { message: error_chain(&error) })?;
+    store.data_mut().begin_call(0);
+    store.set_epoch_deadline(ticks);
+    let accepted = features
+        .call(&mut *store, HOST_FEATURES)
+        .map_err(|error| InstantiateError::InitFault(Box::new(classify(error, store.data(), budget))))?;
+    if accepted & !HOST_FEATURES != 0 {
+        return Err(InstantiateError::AbiFeatures { accepted, offered: HOST_FEATURES });
+    }
+    Ok(accepted)
+}
+
 /// A batch on its way in, its encoded size already checked.
-struct Input<'r, 'a> {
+struct Input<'r, B: ?Sized> {
     partition: i32,
-    records: &'r [InputRecord<'a>],
+    records: &'r B,
     bytes: usize,
 }
 
 /// The batch round trip on a live instance. Returns the records and the output size.
-fn run_batch(
+fn run_batch<B: InputBatch + ?Sized>(
     live: &mut Live,
-    input: &Input<'_, '_>,
+    input: &Input<'_, B>,
     ticks: u64,
     outputs: u32,
     limits: &Limits,
-) -> Result<(Vec<OutputRecord>, usize), ProcessError> {
+) -> Result<(Vec<Emitted>, usize), ProcessError> {
     let budget = limits.process_deadline;
     let store = &mut live.store;
     // One deadline covers the allocation and the processing of the batch.
@@ -292,7 +355,7 @@ fn run_batch(
         return Err(ProcessError::AllocOutOfBounds { ptr, len, memory_bytes });
     }
     // Encoded straight into the guest's buffer: no intermediate copy.
-    write_input(input.partition, input.records, &mut live.memory.data_mut(&mut *store)[ptr as usize..end]);
+    input.records.write(input.partition, &mut live.memory.data_mut(&mut *store)[ptr as usize..end]);
     let returned = live
         .process
         .call(&mut *store, (ptr as i32, len as i32))
@@ -315,7 +378,7 @@ fn run_batch(
         return Err(ProcessError::OutputOutOfBounds { ptr: out_ptr, len: out_len, memory_bytes: data.len() });
     }
     let buffer = Bytes::copy_from_slice(&data[out_ptr as usize..end]);
-    let records = decode_output(&buffer, outputs, limits)?;
+    let records = decode_emitted_for(&buffer, outputs, input.records, live.features, limits)?;
     Ok((records, buffer.len()))
 }
 

@@ -2,6 +2,7 @@
 //!
 //! Layout: `engine` (the process's `WasmHost`), `module` (deploy-time load and checks),
 //! `instance` (per-partition instances and the batch round trip), `abi` (batch layouts),
+//! `input` (encoding a batch of any record type into guest memory),
 //! `host` and `wasi` (imports), `clock` (what the guest sees), `store` (per-instance host data), `state`, `log`, `limits`,
 //! `cache` (precompiled modules), `error`.
 
@@ -11,6 +12,7 @@ pub(crate) mod clock;
 pub(crate) mod engine;
 pub(crate) mod error;
 pub(crate) mod host;
+pub(crate) mod input;
 pub(crate) mod instance;
 pub(crate) mod limits;
 pub(crate) mod log;

@@ -40,6 +40,8 @@ pub(crate) struct ModuleInner {
     pub(crate) digest: [u8; 32],
     pub(crate) source: ModuleSource,
     pub(crate) has_init: bool,
+    /// Exports `runnel_abi_features` (ABI v1 extensions are negotiated per instance).
+    pub(crate) has_features: bool,
     /// A WASI reactor's `_initialize` (libc constructors), called before `runnel_init`.
     pub(crate) has_wasi_initialize: bool,
 }
@@ -78,6 +80,7 @@ const REQUIRED_EXPORTS: &[HostSignature] = &[
     sig("runnel_process", &[Wasm::I32, Wasm::I32], &[Wasm::I64]),
 ];
 const INIT_EXPORT: HostSignature = sig("runnel_init", &[], &[Wasm::I32]);
+const FEATURES_EXPORT: HostSignature = sig("runnel_abi_features", &[Wasm::I64], &[Wasm::I64]);
 /// WASI reactor modules (e.g. C built with `-mexec-model=reactor`) export `_initialize`, which
 /// must run once before any other export.
 const WASI_INITIALIZE_EXPORT: HostSignature = sig("_initialize", &[], &[]);
@@ -100,9 +103,10 @@ pub(crate) fn load(host: &WasmHost, wasm: &[u8]) -> Result<TransformModule, Load
     };
     let has_init = check_exports(&module)?;
     let has_wasi_initialize = check_func_export(&module, &WASI_INITIALIZE_EXPORT, false)?;
+    let has_features = check_func_export(&module, &FEATURES_EXPORT, false)?;
     let linker = link(&inner.linker, &module)?;
     let pre = linker.instantiate_pre(&module).map_err(|error| LoadError::Link { message: error_chain(&error) })?;
-    check_abi_version(host, &pre)?;
+    check_abi_version(host, &pre, has_features)?;
     if source == ModuleSource::Compiled {
         if let Some(cache) = &inner.cache {
             if let Err(error) = cache.store(&module, &digest) {
@@ -111,7 +115,15 @@ pub(crate) fn load(host: &WasmHost, wasm: &[u8]) -> Result<TransformModule, Load
         }
     }
     Ok(TransformModule {
-        inner: Arc::new(ModuleInner { host: host.clone(), pre, digest, source, has_init, has_wasi_initialize }),
+        inner: Arc::new(ModuleInner {
+            host: host.clone(),
+            pre,
+            digest,
+            source,
+            has_init,
+            has_features,
+            has_wasi_initialize,
+        }),
     })
 }
 
@@ -140,6 +152,7 @@ fn check_func_export(module: &Module, export: &HostSignature, required: bool) ->
         "runnel_alloc" => "func (i32) -> (i32)",
         "runnel_process" => "func (i32, i32) -> (i64)",
         "_initialize" => "func () -> ()",
+        "runnel_abi_features" => "func (i64) -> (i64)",
         _ => "func () -> (i32)",
     };
     debug_assert_eq!(expected, export.describe());
@@ -188,8 +201,9 @@ fn link(base: &Linker<HostState>, module: &Module) -> Result<Linker<HostState>, 
     Ok(linker)
 }
 
-/// Instantiates once in a throwaway store and calls `runnel_abi_version`.
-fn check_abi_version(host: &WasmHost, pre: &InstancePre<HostState>) -> Result<(), LoadError> {
+/// Instantiates once in a throwaway store and calls `runnel_abi_version`, then
+/// `runnel_abi_features` when exported (an answer outside the host's offer refuses the module).
+fn check_abi_version(host: &WasmHost, pre: &InstancePre<HostState>, has_features: bool) -> Result<(), LoadError> {
     let inner = &host.inner;
     let limits = Arc::new(inner.config.load_limits.clone());
     let budget = limits.init_deadline;
@@ -213,6 +227,9 @@ fn check_abi_version(host: &WasmHost, pre: &InstancePre<HostState>) -> Result<()
         .map_err(|error| LoadError::AbiVersionCall(Box::new(instance::classify(error, store.data(), budget))))?;
     if found != ABI_VERSION {
         return Err(LoadError::AbiVersion { found, supported: ABI_VERSION });
+    }
+    if has_features {
+        instance::negotiate_features(&mut store, &handle.instance, ticks, budget).map_err(LoadError::Instantiate)?;
     }
     Ok(())
 }

@@ -10,24 +10,69 @@ use super::parse::{parse_str, JsonError, MAX_DEPTH};
 use super::{Number, Value};
 use std::borrow::Cow;
 
-/// The JSON text of one value inside a document, already validated by [`find`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The JSON text of one value inside a document, already validated by [`find`] (so it is
+/// UTF-8 and parses). Kept as bytes: turning it into `&str` costs a UTF-8 check, paid only by
+/// the accessors that return text.
+#[derive(Debug, Clone, Copy)]
 pub struct Raw<'a> {
-    text: &'a str,
+    bytes: &'a [u8],
+    /// Known to be a string without escapes (the scanner saw its closing quote as the first
+    /// special byte); `false` means "not known", not "not a plain string".
+    plain_string: bool,
 }
+
+/// Two views are equal when their JSON texts are.
+impl PartialEq for Raw<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Raw<'_> {}
 
 impl<'a> Raw<'a> {
     /// The value's JSON text, exactly as it appears in the document (`"click"`, `42`, `{...}`).
+    #[inline]
     pub fn json(&self) -> &'a str {
-        self.text
+        // `find` validated the document, so this always converts.
+        std::str::from_utf8(self.bytes).unwrap_or("")
+    }
+
+    /// [`Raw::json`] as bytes, without the UTF-8 check.
+    #[inline]
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The content of a string that has no escapes, as bytes: what [`Raw::as_str`] borrows,
+    /// without the UTF-8 check. `None` for other values and for strings with escapes (use
+    /// `as_str`). Comparing these bytes is comparing the strings (UTF-8 orders like text).
+    #[inline]
+    pub fn plain_str_bytes(&self) -> Option<&'a [u8]> {
+        let bytes = self.bytes;
+        if self.plain_string && bytes.len() >= 2 {
+            return Some(&bytes[1..bytes.len() - 1]);
+        }
+        // `find` validated the text: a string is quoted at both ends (a one-byte `"` is not).
+        if bytes.len() < 2 || bytes[0] != b'"' || bytes[bytes.len() - 1] != b'"' {
+            return None;
+        }
+        let inner = &bytes[1..bytes.len() - 1];
+        if super::fast::has_backslash(inner) {
+            return None;
+        }
+        Some(inner)
     }
 
     /// The string's content (escapes decoded), if this is a string. Borrows from the document
     /// unless the string has escapes.
+    #[inline]
     pub fn as_str(&self) -> Option<Cow<'a, str>> {
-        let inner = self.text.strip_prefix('"')?.strip_suffix('"')?;
-        if !inner.as_bytes().contains(&b'\\') {
-            return Some(Cow::Borrowed(inner));
+        if let Some(inner) = self.plain_str_bytes() {
+            return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+        }
+        if self.bytes.first() != Some(&b'"') {
+            return None;
         }
         match self.to_value() {
             Value::String(s) => Some(Cow::Owned(s)),
@@ -38,16 +83,17 @@ impl<'a> Raw<'a> {
     /// The number, if this is one: exact ([`Number::Int`]) when it is an integer that fits `i64`,
     /// as [`parse`](super::parse) reads it.
     pub fn as_number(&self) -> Option<Number> {
-        match self.text.as_bytes().first() {
+        let text = self.json();
+        match text.as_bytes().first() {
             Some(b'-' | b'0'..=b'9') => {}
             _ => return None,
         }
-        if !self.text.contains(['.', 'e', 'E']) {
-            if let Ok(i) = self.text.parse::<i64>() {
+        if !text.contains(['.', 'e', 'E']) {
+            if let Ok(i) = text.parse::<i64>() {
                 return Some(Number::Int(i));
             }
         }
-        self.text.parse::<f64>().ok().map(Number::Float)
+        text.parse::<f64>().ok().map(Number::Float)
     }
 
     /// The number as `f64`, if this is a number.
@@ -63,22 +109,22 @@ impl<'a> Raw<'a> {
 
     /// The boolean, if this is one.
     pub fn as_bool(&self) -> Option<bool> {
-        match self.text {
-            "true" => Some(true),
-            "false" => Some(false),
+        match self.bytes {
+            b"true" => Some(true),
+            b"false" => Some(false),
             _ => None,
         }
     }
 
     /// Whether this is `null`.
     pub fn is_null(&self) -> bool {
-        self.text == "null"
+        self.bytes == b"null"
     }
 
     /// The value as a [`Value`] tree (allocates; parses only this value's text).
     pub fn to_value(&self) -> Value {
         // `find` validated this text with the parser's rules, so it parses.
-        parse_str(self.text).unwrap_or(Value::Null)
+        parse_str(self.json()).unwrap_or(Value::Null)
     }
 }
 
@@ -86,14 +132,72 @@ impl<'a> Raw<'a> {
 /// `bytes`; an empty path is the whole document. Same answer as
 /// `parse(bytes)?.get_path(path)` (a repeated key: the last one wins), same errors, but
 /// without allocating: `Ok(None)` when the path is absent or crosses a non-object.
+#[inline]
 pub fn find<'a>(bytes: &'a [u8], path: &str) -> Result<Option<Raw<'a>>, JsonError> {
+    match super::fast::find(bytes, path.as_bytes()) {
+        super::fast::Found::Absent => return Ok(None),
+        // The fast path checked the text; this only turns the slice into `&str` (cheap: it is
+        // the field alone, usually a few bytes).
+        super::fast::Found::At(hit) => {
+            return Ok(Some(Raw { bytes: &bytes[hit.range], plain_string: hit.plain_string }))
+        }
+        super::fast::Found::Invalid => {}
+    }
+    // Invalid: the scanner below names the error exactly as `parse` would.
+    find_checked(bytes, path)
+}
+
+/// A dotted path of object keys (`"user.address.city"`) split once, for [`find_path`]: a
+/// transform that reads the same field of every record builds it when it starts instead of
+/// splitting the path for every record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    text: String,
+    segments: Vec<super::fast::Segment>,
+}
+
+impl Path {
+    /// Splits `path` at its dots; the empty path names the whole document (as in [`find`]).
+    pub fn new(path: &str) -> Path {
+        let segments = if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split('.')
+                .map(|name| super::fast::Segment { name: name.as_bytes().to_vec(), has_backslash: name.contains('\\') })
+                .collect()
+        };
+        Path { text: path.to_string(), segments }
+    }
+
+    /// The path as given.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// [`find`] with a [`Path`] built ahead: the same answers and errors.
+#[inline]
+pub fn find_path<'a>(bytes: &'a [u8], path: &Path) -> Result<Option<Raw<'a>>, JsonError> {
+    match super::fast::find_segments(bytes, &path.segments) {
+        super::fast::Found::Absent => return Ok(None),
+        super::fast::Found::At(hit) => {
+            return Ok(Some(Raw { bytes: &bytes[hit.range], plain_string: hit.plain_string }))
+        }
+        super::fast::Found::Invalid => {}
+    }
+    find_checked(bytes, &path.text)
+}
+
+/// [`find`] by the original scanner: UTF-8 first, then the document; slower, but it reports
+/// the same error (reason and position) as [`parse`](super::parse).
+pub(super) fn find_checked<'a>(bytes: &'a [u8], path: &str) -> Result<Option<Raw<'a>>, JsonError> {
     let text = std::str::from_utf8(bytes).map_err(|e| JsonError { reason: "invalid UTF-8", at: e.valid_up_to() })?;
     let mut scanner = Scanner { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
     scanner.skip_ws();
     let start = scanner.pos;
     let found = if path.is_empty() {
         scanner.value(None)?;
-        Some(Raw { text: &text[start..scanner.pos] })
+        Some(Raw { bytes: &text.as_bytes()[start..scanner.pos], plain_string: false })
     } else {
         scanner.value(Some(path))?
     };
@@ -256,7 +360,7 @@ impl<'a> Scanner<'a> {
             } else {
                 let start = self.pos;
                 self.value(None)?;
-                found = Some(Raw { text: &self.text[start..self.pos] });
+                found = Some(Raw { bytes: &self.bytes[start..self.pos], plain_string: false });
             }
             self.skip_ws();
             match self.peek() {
@@ -400,7 +504,7 @@ impl<'a> Scanner<'a> {
 }
 
 /// Whether a key's raw content (escapes undecoded, already validated) names `wanted`.
-fn key_equals(raw: &str, wanted: &str) -> bool {
+pub(super) fn key_equals(raw: &str, wanted: &str) -> bool {
     // Byte search, not `str::contains(char)`: this runs for every key of the document.
     if !raw.as_bytes().contains(&b'\\') {
         return raw == wanted;

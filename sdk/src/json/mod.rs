@@ -2,17 +2,19 @@
 //! change fields (also by dotted path, `"user.id"`), and serialize back.
 //!
 //! To read one field, [`find`] walks the bytes without building a tree or allocating (same
-//! validation and answers as `parse` + [`Value::get_path`]) and returns it as a [`Raw`] slice.
+//! validation and answers as `parse` + [`Value::get_path`]) and returns it as a [`Raw`] slice;
+//! [`find_path`] does the same with a [`Path`] split once, for the field of every record.
 //!
 //! Object members keep their order. Integers that fit an `i64` stay exact ([`Number::Int`]);
 //! other numbers are `f64`. Parsing is strict RFC 8259 (UTF-8, no trailing commas, no lone
 //! surrogates) and nesting is limited to [`MAX_DEPTH`] so hostile input cannot exhaust the stack.
 
+mod fast;
 mod find;
 mod parse;
 mod write;
 
-pub use find::{find, Raw};
+pub use find::{find, find_path, Path, Raw};
 pub use parse::{parse, parse_str, JsonError, MAX_DEPTH};
 
 /// A JSON number: exact when it is an integer that fits an `i64`.

@@ -292,3 +292,136 @@ fn find_word_at_a_time_scan_stops_at_every_special_byte() {
         }
     }
 }
+
+/// The fast path of `find` and the original scanner (`find_checked`) agree on every document:
+/// same answer when valid, both refuse when not. Mutations here include non-ASCII bytes, which
+/// the fast path validates inside strings only.
+#[test]
+fn find_fast_path_agrees_with_the_checked_scanner() {
+    use super::find::find_checked;
+    let mut seed: u64 = 0x5eed_f00d_1234_5678;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let alphabet: &[u8] = b"{}[]\",:\\u0123456789abcdefntrl.eE+- \t\x80\xbf\xc2\xdf\xe0\xed\xef\xf0\xf4\xf5\xff";
+    let mut corpus: Vec<Vec<u8>> = FIND_CORPUS.iter().map(|d| d.as_bytes().to_vec()).collect();
+    corpus.push("{\"k\":\"é€😀\",\"k2\":\"ascii then é\"}".as_bytes().to_vec());
+    for round in 0..60_000 {
+        let mut doc = corpus[round % corpus.len()].clone();
+        for _ in 0..1 + next() % 3 {
+            let at = (next() as usize) % (doc.len() + 1);
+            let byte = alphabet[(next() as usize) % alphabet.len()];
+            match next() % 3 {
+                0 if at < doc.len() => doc[at] = byte,
+                1 if at < doc.len() => {
+                    doc.remove(at);
+                }
+                _ => doc.insert(at, byte),
+            }
+        }
+        let path = FIND_PATHS[(next() as usize) % FIND_PATHS.len()];
+        let fast = super::fast::find(&doc, path.as_bytes());
+        match (&fast, find_checked(&doc, path)) {
+            (super::fast::Found::At(hit), Ok(Some(raw))) => {
+                let text = &doc[hit.range.clone()];
+                assert_eq!(text, raw.json().as_bytes());
+                // "Plain string" is a promise: quoted, and no backslash inside.
+                if hit.plain_string {
+                    assert!(text.len() >= 2 && text[0] == b'"' && text[text.len() - 1] == b'"', "{text:?}");
+                    assert!(!text[1..text.len() - 1].contains(&b'\\'), "{text:?}");
+                }
+            }
+            (super::fast::Found::Absent, Ok(None)) | (super::fast::Found::Invalid, Err(_)) => {}
+            (fast, checked) => {
+                panic!("{:?} at {path:?}: fast {fast:?}, checked {checked:?}", String::from_utf8_lossy(&doc))
+            }
+        }
+        // Whatever path answers, `find` and `find_path` report what the checked scanner reports.
+        assert_eq!(find(&doc, path), find_checked(&doc, path));
+        assert_eq!(find_path(&doc, &Path::new(path)), find_checked(&doc, path));
+    }
+}
+
+/// Multi-byte UTF-8 inside strings, at every alignment: the fast path accepts exactly what
+/// `std::str::from_utf8` accepts (overlong forms, surrogates, out-of-range and truncated
+/// sequences refused).
+#[test]
+fn find_fast_path_validates_utf8_like_std() {
+    let leads = [0xc1u8, 0xc2, 0xdf, 0xe0, 0xe1, 0xed, 0xee, 0xef, 0xf0, 0xf1, 0xf4, 0xf5];
+    let seconds = [0x7fu8, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0];
+    for lead in leads {
+        for second in seconds {
+            for third in [0x80u8, 0xbf, 0x41] {
+                for at in 0..10 {
+                    let mut content = b"0123456789abcdef".to_vec();
+                    let sequence = [lead, second, third, 0x80];
+                    content.splice(at..at, sequence.iter().copied());
+                    let mut doc = br#"{"k":""#.to_vec();
+                    doc.extend_from_slice(&content);
+                    doc.extend_from_slice(br#""}"#);
+                    let valid = std::str::from_utf8(&content).is_ok();
+                    let fast = super::fast::find(&doc, b"k");
+                    assert_eq!(
+                        !matches!(fast, super::fast::Found::Invalid),
+                        valid,
+                        "{:x?} at {at}: fast {fast:?}",
+                        sequence
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `find_path` answers exactly as `find` for every corpus document and path (mutated documents:
+/// `find_fast_path_agrees_with_the_checked_scanner`).
+#[test]
+fn find_path_agrees_with_find() {
+    let paths: Vec<Path> = FIND_PATHS.iter().map(|p| Path::new(p)).collect();
+    for doc in FIND_CORPUS {
+        for (text, path) in FIND_PATHS.iter().zip(&paths) {
+            assert_eq!(find_path(doc.as_bytes(), path), find(doc.as_bytes(), text), "{doc:?} at {text:?}");
+            assert_eq!(path.as_str(), *text);
+        }
+    }
+    let escaped = Path::new("a\\n");
+    assert_eq!(find_path(br#"{"a\n":1}"#, &escaped), Ok(None));
+    let dotted = Path::new("a\n.b");
+    assert_eq!(find_path(br#"{"a\n":{"b":2}}"#, &dotted).ok().flatten().map(|r| r.json()), Some("2"));
+    assert_eq!(find_path(br#"{"a\u000a":{"b":2}}"#, &dotted).ok().flatten().map(|r| r.json()), Some("2"));
+}
+
+/// Strings that end within the last eight bytes of a document, for every document length and
+/// every position of a special byte: the fast path's last, shifted word finds the same stops.
+#[test]
+fn find_fast_path_handles_strings_ending_near_the_end_of_short_and_long_documents() {
+    for len in 0..24 {
+        let content: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+        for special in [None, Some(b'"'), Some(b'\\'), Some(0x01), Some(0xc3), Some(b'x')] {
+            for at in 0..len.max(1) {
+                let mut content = content.clone();
+                if let (Some(byte), true) = (special, at < content.len()) {
+                    content[at] = byte;
+                }
+                for wrap in [&b"\"\""[..], &b"[\"\"]"[..], &b"{\"k\":\"\"}"[..]] {
+                    let split = wrap.len() - wrap.iter().rev().position(|&c| c == b'"').unwrap_or(0) - 1;
+                    let mut doc = wrap[..split].to_vec();
+                    doc.extend_from_slice(&content);
+                    doc.extend_from_slice(&wrap[split..]);
+                    let fast = super::fast::find(&doc, b"");
+                    let checked = super::find::find_checked(&doc, "");
+                    match (&fast, &checked) {
+                        (super::fast::Found::At(hit), Ok(Some(raw))) => {
+                            assert_eq!(&doc[hit.range.clone()], raw.as_bytes())
+                        }
+                        (super::fast::Found::Invalid, Err(_)) => {}
+                        _ => panic!("{:?}: fast {fast:?}, checked {checked:?}", String::from_utf8_lossy(&doc)),
+                    }
+                }
+            }
+        }
+    }
+}

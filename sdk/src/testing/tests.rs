@@ -192,3 +192,115 @@ fn large_state_values_are_read_back_whole() {
     assert_eq!(out[0].value_str(), Some(value.as_str()));
     assert!(h.state().get(&b"gone"[..]).is_none());
 }
+
+mod ref_filter {
+    use crate::{env, Error, RecordRef};
+
+    pub(super) struct Config {
+        header: String,
+    }
+
+    fn config() -> Result<Config, Error> {
+        Ok(Config { header: env::require("HEADER")? })
+    }
+
+    /// Keeps records that carry the configured header, and fails on a value of "fail".
+    fn keep(config: &Config, record: &RecordRef<'_>) -> Result<bool, Error> {
+        if record.value == Some(&b"fail"[..]) {
+            return Err(Error::new("asked to fail"));
+        }
+        Ok(record.header(&config.header).is_some())
+    }
+    crate::filter_ref!(keep, config = config);
+}
+
+mod forwarder {
+    use crate::{Error, Output, Outputs, Record, RecordRef, Transform};
+
+    /// Sends each record unchanged to output 1, a copy with a new value to output 0, and the
+    /// record unchanged again to output 2 (forwards and built outputs interleaved).
+    pub(super) struct Forwarder;
+
+    impl Transform for Forwarder {
+        fn process(&mut self, record: Record, out: &mut Outputs) -> Result<(), Error> {
+            self.process_ref(&RecordRef::from(&record), out)
+        }
+
+        fn process_ref(&mut self, record: &RecordRef<'_>, out: &mut Outputs) -> Result<(), Error> {
+            out.forward_input(1);
+            out.push(Output::new("built").with_key(record.key.unwrap_or_default()));
+            out.forward_input(2);
+            Ok(())
+        }
+    }
+    crate::export!(|| Ok(Forwarder));
+}
+
+fn mixed_records() -> Vec<Record> {
+    vec![
+        Record::new("a").with_key("k1").with_timestamp(5).with_header("h", "1").with_offset(0),
+        Record { key: None, value: None, timestamp_ms: -1, offset: 1, ..Record::default() }.with_header("h", ""),
+        Record::new("").with_key("").with_timestamp(7).with_offset(2),
+        Record::new("b").with_timestamp(8).with_header("x", "y").with_header("h", "z").with_offset(3),
+    ]
+}
+
+/// With or without `keep-input` (a host that accepts it, or an older one), every adapter gives
+/// the same outputs; a forwarded record is the input unchanged.
+#[test]
+fn outputs_are_the_same_whether_the_host_accepts_keep_input_or_not() {
+    type Case = (&'static str, crate::testing::Factory, &'static [(&'static str, &'static str)]);
+    let factories: [Case; 4] = [
+        ("filter!", prefix_filter::runnel_instance, &[("PREFIX", "")]),
+        ("filter_ref!", ref_filter::runnel_instance, &[("HEADER", "h")]),
+        ("forwarder", forwarder::runnel_instance, &[]),
+        ("flat_map!", splitter::runnel_instance, &[]),
+    ];
+    for (name, factory, env) in factories {
+        let run = |features: i64| {
+            let mut h = env.iter().fold(Harness::new(factory), |h, (k, v)| h.env(k, v)).abi_features(features);
+            // The prefix filter and the splitter read values as text: tombstones would fail them.
+            let text_only = name == "filter!" || name == "flat_map!";
+            let records = mixed_records().into_iter().filter(|r| !text_only || r.value.is_some());
+            h.run(records.collect())
+        };
+        let (plain, extended) = (run(0), run(crate::abi::FEATURES_SUPPORTED));
+        assert_eq!(plain, extended, "{name}");
+        assert!(plain.map_or(false, |out| !out.is_empty()), "{name}: the run produced something");
+    }
+    let out = Harness::new(ref_filter::runnel_instance).env("HEADER", "h").run(mixed_records()).expect("batch");
+    let expected: Vec<Output> =
+        mixed_records().into_iter().filter(|r| r.header("h").is_some()).map(Output::from).collect();
+    assert_eq!(out, expected);
+    assert_eq!(out[1].value, None, "a forwarded tombstone stays null");
+    assert_eq!(out[1].timestamp_ms, None, "an input without a timestamp is forwarded without one");
+}
+
+#[test]
+fn forwards_and_built_outputs_keep_their_order() {
+    let out = Harness::new(forwarder::runnel_instance).run(mixed_records()).expect("batch");
+    let indices: Vec<u32> = out.iter().map(|o| o.index).collect();
+    assert_eq!(indices, [1, 0, 2].repeat(4));
+    assert_eq!(out[0], mixed_records()[0].clone().to(1));
+    assert_eq!(out[1], Output::new("built").with_key("k1").with_timestamp(5));
+}
+
+#[test]
+fn a_ref_filter_error_fails_the_batch_naming_the_offset() {
+    let mut h = Harness::new(ref_filter::runnel_instance).env("HEADER", "h");
+    let records = vec![Record::new("ok").with_offset(41), Record::new("fail").with_offset(42)];
+    let err = h.run(records).expect_err("fails");
+    assert_eq!(err.code, ERR_PROCESSING);
+    assert!(err.message.starts_with("record at offset 42: asked to fail"), "{}", err.message);
+}
+
+#[test]
+fn a_ref_filter_also_runs_on_owned_records() {
+    use crate::{Outputs, RecordRef, Transform};
+    let mut transform = crate::transform::filter_ref(|r: &RecordRef<'_>| Ok(r.header("h").is_some()));
+    let mut out = Outputs::default();
+    // Called directly (as a unit test might), `process` takes an owned record.
+    transform.process(mixed_records()[0].clone(), &mut out).expect("process");
+    transform.process(mixed_records()[2].clone(), &mut out).expect("process");
+    assert_eq!(out.into_vec(), vec![Output::from(mixed_records()[0].clone())]);
+}
