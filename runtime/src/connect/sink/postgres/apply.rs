@@ -1,13 +1,24 @@
 //! A batch's statements inside its transaction: rows COPYed straight into the table (inserts),
 //! through the connection's staging table and `INSERT ... ON CONFLICT` (upserts), and keys
-//! through a staging table and `DELETE ... USING` (deletes). A row PostgreSQL refuses is
-//! returned (a COPY error names its line); the caller then rolls the transaction back and
-//! writes the batch again without it — no savepoint per COPY, since rows were checked before.
+//! through a staging table and `DELETE ... USING` (deletes).
+//!
+//! An upsert first COPYs its rows straight into the table, inside a savepoint: when none of its
+//! keys exists that is the whole upsert, at the cost of an insert (`ON CONFLICT`'s speculative
+//! insertion of each row from a staging table costs about three times as much). A key that
+//! exists fails that COPY (unique violation): it is rolled back to the savepoint and the rows
+//! go through the staging table; the table then goes straight there for a while.
+//!
+//! A row PostgreSQL refuses is returned (a COPY error names its line); the caller rolls the
+//! transaction back and writes the batch again without it. An error that names no row (a
+//! foreign key, checked at the end of the statement) is rolled back to the segment's
+//! savepoint, and the segment's rows are then applied one by one, each in a savepoint of its
+//! own, to find the ones that fail.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 
 use super::cells::{RowId, Rows};
@@ -24,6 +35,21 @@ const COPY_CHUNK_BYTES: usize = 1024 * 1024;
 /// Rows refused by PostgreSQL: (index of the record in its batch, why).
 pub(super) type Refused = Vec<(usize, String)>;
 
+/// What applying a segment did.
+#[derive(Debug, Default)]
+pub(super) struct Applied {
+    /// Rows PostgreSQL refused (the transaction must be rolled back).
+    pub(super) refused: Refused,
+    /// An upsert's COPY into the table met an existing key (and `ON CONFLICT` did the work).
+    pub(super) conflicted: bool,
+}
+
+impl From<Refused> for Applied {
+    fn from(refused: Refused) -> Applied {
+        Applied { refused, conflicted: false }
+    }
+}
+
 /// Where a segment goes.
 pub(super) struct Target<'a> {
     pub(super) name: &'a str,
@@ -36,6 +62,8 @@ pub(super) struct Target<'a> {
     pub(super) staging: usize,
     /// The connection's upsert staging table for this table.
     pub(super) upsert_stage: Option<&'a str>,
+    /// Upserts try a COPY straight into the table first.
+    pub(super) copy_first: bool,
 }
 
 impl Target<'_> {
@@ -50,25 +78,45 @@ fn is_json_type(sql_type: &str) -> bool {
     sql_type == "json" || sql_type == "jsonb"
 }
 
-/// Applies one segment inside the transaction; returns the rows PostgreSQL refused.
+/// Applies one segment inside the transaction.
 pub(super) async fn apply_segment(
     tx: &Transaction<'_>,
     target: &Target<'_>,
     rows: &Rows,
     segment: Segment,
-) -> Result<Refused, ConnectError> {
+) -> Result<Applied, ConnectError> {
     match segment {
-        Segment::Delete(keys) => delete(tx, target, rows, &keys).await,
+        Segment::Delete(keys) => delete(tx, target, rows, &keys).await.map(Applied::from),
         Segment::Write(ids) if target.mode == InsertMode::Insert || target.pk.is_empty() => {
-            for (shape, group) in by_shape(rows, &ids) {
-                let columns = target.columns(rows, rows.shape_columns(shape).collect());
-                if let Some(refused) = copy_rows(tx, target.name, rows, &group, &columns).await? {
-                    return Ok(vec![refused]);
-                }
-            }
-            Ok(Vec::new())
+            insert(tx, target, rows, &ids).await.map(Applied::from)
         }
         Segment::Write(ids) => upsert(tx, target, rows, &ids).await,
+    }
+}
+
+/// Insert: COPY straight into the table.
+async fn insert(
+    tx: &Transaction<'_>,
+    target: &Target<'_>,
+    rows: &Rows,
+    ids: &[RowId],
+) -> Result<Refused, ConnectError> {
+    tx.batch_execute("SAVEPOINT runnel_segment").await.map_err(classify)?;
+    match copy_groups(tx, target, target.name, rows, ids).await? {
+        None => {
+            tx.batch_execute("RELEASE SAVEPOINT runnel_segment").await.map_err(classify)?;
+            Ok(Vec::new())
+        }
+        Some(refusal) if refusal.record.is_some() => Ok(refusal.into_refused()),
+        Some(unlocated) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT runnel_segment").await.map_err(classify)?;
+            let refused = isolate(tx, target, rows, ids, target.name, None).await?;
+            // Every row went in on its own: the failure came from the rows together.
+            if refused.is_empty() {
+                return Err(ConnectError::Postgres(unlocated.message));
+            }
+            Ok(refused)
+        }
     }
 }
 
@@ -88,6 +136,23 @@ fn by_shape(rows: &Rows, ids: &[RowId]) -> Vec<(u32, Vec<RowId>)> {
     groups
 }
 
+/// COPYs the rows into `table`, one COPY per shape; stops at the first row refused.
+async fn copy_groups(
+    tx: &Transaction<'_>,
+    target: &Target<'_>,
+    table: &str,
+    rows: &Rows,
+    ids: &[RowId],
+) -> Result<Option<Refusal>, ConnectError> {
+    for (shape, group) in by_shape(rows, ids) {
+        let columns = target.columns(rows, rows.shape_columns(shape).collect());
+        if let Some(refusal) = copy_rows(tx, table, rows, &group, &columns).await? {
+            return Ok(Some(refusal));
+        }
+    }
+    Ok(None)
+}
+
 async fn delete(
     tx: &Transaction<'_>,
     target: &Target<'_>,
@@ -101,8 +166,10 @@ async fn delete(
     tx.batch_execute(&create).await.map_err(classify)?;
     // The key columns some row has (a key column no row has stays NULL and matches nothing).
     let columns = target.columns(rows, target.pk_ids.iter().flatten().copied().collect());
-    if let Some(refused) = copy_rows(tx, &stage, rows, keys, &columns).await? {
-        return Ok(vec![refused]);
+    match copy_rows(tx, &stage, rows, keys, &columns).await? {
+        Some(refusal) if refusal.record.is_some() => return Ok(refusal.into_refused()),
+        Some(unlocated) => return Err(ConnectError::Postgres(unlocated.message)),
+        None => {}
     }
     let matches: Vec<String> = target.pk.iter().map(|c| format!("t.{0} = s.{0}", quote(c))).collect();
     let delete = format!("DELETE FROM {} t USING {stage} s WHERE {}", target.name, matches.join(" AND "));
@@ -110,24 +177,62 @@ async fn delete(
     Ok(Vec::new())
 }
 
-/// Upsert through the staging table: COPY the rows there, then `INSERT ... SELECT ... ON
-/// CONFLICT DO UPDATE` into the table. That statement's errors name no row (e.g. a foreign
-/// key): then the rows are tried one by one, inside savepoints, to find the ones that fail.
+/// Upsert: COPY straight into the table (when `copy_first`); when a key exists, through the
+/// staging table and `INSERT ... SELECT ... ON CONFLICT DO UPDATE`.
 async fn upsert(
     tx: &Transaction<'_>,
     target: &Target<'_>,
     rows: &Rows,
     ids: &[RowId],
-) -> Result<Refused, ConnectError> {
+) -> Result<Applied, ConnectError> {
     let stage =
         target.upsert_stage.ok_or_else(|| ConnectError::Internal(format!("no staging table for {}", target.name)))?;
-    for (shape, group) in by_shape(rows, ids) {
-        let columns = target.columns(rows, rows.shape_columns(shape).collect());
-        if let Some(refused) = copy_rows(tx, stage, rows, &group, &columns).await? {
-            return Ok(vec![refused]);
+    tx.batch_execute("SAVEPOINT runnel_segment").await.map_err(classify)?;
+    let mut conflicted = false;
+    if target.copy_first {
+        match copy_groups(tx, target, target.name, rows, ids).await? {
+            None => {
+                tx.batch_execute("RELEASE SAVEPOINT runnel_segment").await.map_err(classify)?;
+                return Ok(Applied::default());
+            }
+            Some(refusal) if refusal.record.is_some() && refusal.code != Some(SqlState::UNIQUE_VIOLATION) => {
+                return Ok(refusal.into_refused().into());
+            }
+            // A key exists (or a row is refused for reasons the upsert below meets again).
+            Some(refusal) => {
+                conflicted = refusal.code == Some(SqlState::UNIQUE_VIOLATION);
+                tx.batch_execute("ROLLBACK TO SAVEPOINT runnel_segment").await.map_err(classify)?;
+            }
         }
     }
-    // Every column: the staged rows hold defaults for the fields their records lack.
+    match copy_groups(tx, target, stage, rows, ids).await? {
+        Some(refusal) if refusal.record.is_some() => {
+            return Ok(Applied { refused: refusal.into_refused(), conflicted })
+        }
+        Some(unlocated) => return Err(ConnectError::Postgres(unlocated.message)),
+        None => {}
+    }
+    let insert = upsert_statement(target, stage);
+    match tx.batch_execute(&insert).await {
+        Ok(()) => {
+            tx.batch_execute("RELEASE SAVEPOINT runnel_segment").await.map_err(classify)?;
+            Ok(Applied { refused: Vec::new(), conflicted })
+        }
+        Err(e) if is_data_error(&e) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT runnel_segment").await.map_err(classify)?;
+            let refused = isolate(tx, target, rows, ids, stage, Some(&insert)).await?;
+            if refused.is_empty() {
+                return Err(ConnectError::Postgres(describe(&e)));
+            }
+            Ok(Applied { refused, conflicted })
+        }
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// `INSERT ... SELECT` every column from the staging table (the staged rows hold defaults for
+/// the fields their records lack) `ON CONFLICT (pk) DO UPDATE` every other column.
+fn upsert_statement(target: &Target<'_>, stage: &str) -> String {
     let columns: Vec<String> = target.info.columns.keys().map(|c| quote(c)).collect();
     let list = columns.join(", ");
     let conflict = target.pk.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
@@ -139,39 +244,33 @@ async fn upsert(
         .map(|c| format!("{0} = EXCLUDED.{0}", quote(c)))
         .collect();
     let action = if updates.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", updates.join(", ")) };
-    let insert =
-        format!("INSERT INTO {} ({list}) SELECT {list} FROM {stage} ON CONFLICT ({conflict}) DO {action}", target.name);
-    tx.batch_execute("SAVEPOINT runnel_upsert").await.map_err(classify)?;
-    match tx.batch_execute(&insert).await {
-        Ok(()) => {
-            tx.batch_execute("RELEASE SAVEPOINT runnel_upsert").await.map_err(classify)?;
-            Ok(Vec::new())
-        }
-        Err(e) if is_data_error(&e) => {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT runnel_upsert").await.map_err(classify)?;
-            isolate(tx, target, rows, ids, stage, &insert).await
-        }
-        Err(e) => Err(classify(e)),
-    }
+    format!("INSERT INTO {} ({list}) SELECT {list} FROM {stage} ON CONFLICT ({conflict}) DO {action}", target.name)
 }
 
-/// Finds the rows whose upsert fails on its own (no line to blame), one savepoint per row.
+/// Applies the rows one by one, each in a savepoint, to find the ones that fail on their own
+/// (those that do not fail stay applied): a COPY of the row into `table`, then `insert` (an
+/// upsert from `table`, the staging table) when given.
 async fn isolate(
     tx: &Transaction<'_>,
     target: &Target<'_>,
     rows: &Rows,
     ids: &[RowId],
-    stage: &str,
-    insert: &str,
+    table: &str,
+    insert: Option<&str>,
 ) -> Result<Refused, ConnectError> {
     let mut refused = Vec::new();
     for &id in ids {
-        tx.batch_execute(&format!("SAVEPOINT runnel_row; TRUNCATE {stage}")).await.map_err(classify)?;
-        let columns = target.columns(rows, rows.shape_columns(rows.row(id).shape).collect());
-        let failed = match copy_rows(tx, stage, rows, &[id], &columns).await? {
-            Some(failure) => Some(failure),
-            None => tx.batch_execute(insert).await.err().map(|e| (rows.row(id).record, describe(&e))),
+        let start = match insert {
+            Some(_) => format!("SAVEPOINT runnel_row; TRUNCATE {table}"),
+            None => "SAVEPOINT runnel_row".to_string(),
         };
+        tx.batch_execute(&start).await.map_err(classify)?;
+        let record = rows.row(id).record;
+        let columns = target.columns(rows, rows.shape_columns(rows.row(id).shape).collect());
+        let mut failed = copy_rows(tx, table, rows, &[id], &columns).await?.map(|r| (record, r.message));
+        if let (None, Some(insert)) = (&failed, insert) {
+            failed = tx.batch_execute(insert).await.err().map(|e| (record, describe(&e)));
+        }
         let end = if failed.is_some() { "ROLLBACK TO SAVEPOINT runnel_row" } else { "RELEASE SAVEPOINT runnel_row" };
         tx.batch_execute(end).await.map_err(classify)?;
         refused.extend(failed);
@@ -179,30 +278,46 @@ async fn isolate(
     Ok(refused)
 }
 
-/// COPYs rows into `table`; a row PostgreSQL refuses (the error names its line) is returned.
+/// A COPY PostgreSQL refused for the data in it.
+#[derive(Debug)]
+struct Refusal {
+    /// Index in the batch of the record whose row the error names (`None`: it names none, e.g.
+    /// a foreign key checked at the end of the statement).
+    record: Option<usize>,
+    message: String,
+    code: Option<SqlState>,
+}
+
+impl Refusal {
+    fn into_refused(self) -> Refused {
+        self.record.map(|record| (record, self.message)).into_iter().collect()
+    }
+}
+
+/// COPYs rows into `table`; a data error is returned with the row it names, if any.
 async fn copy_rows(
     tx: &Transaction<'_>,
     table: &str,
     rows: &Rows,
     ids: &[RowId],
     columns: &CopyColumns,
-) -> Result<Option<(usize, String)>, ConnectError> {
+) -> Result<Option<Refusal>, ConnectError> {
     if ids.is_empty() {
         return Ok(None);
     }
     let list: Vec<String> = columns.ids().iter().map(|&c| quote(rows.name(c))).collect();
     let statement = format!("COPY {table} ({}) FROM STDIN (FORMAT csv)", list.join(", "));
     let Err(e) = copy_once(tx, &statement, rows, ids, columns).await else { return Ok(None) };
+    if !is_data_error(&e) {
+        return Err(classify(e));
+    }
     let line = e
         .as_db_error()
-        .filter(|_| is_data_error(&e))
         .and_then(|db| db.where_())
         .and_then(copy_error_line)
         .filter(|line| (1..=ids.len()).contains(line));
-    match line {
-        Some(line) => Ok(Some((rows.row(ids[line - 1]).record, describe(&e)))),
-        None => Err(classify(e)),
-    }
+    let record = line.map(|line| rows.row(ids[line - 1]).record);
+    Ok(Some(Refusal { record, message: describe(&e), code: e.code().cloned() }))
 }
 
 async fn copy_once(

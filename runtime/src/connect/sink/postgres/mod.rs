@@ -107,6 +107,8 @@ pub(crate) struct PostgresSink {
     tables: HashMap<String, TableInfo>,
     /// Upsert staging tables of this connection, by table: (name, columns it was made with).
     stages: HashMap<String, (String, usize)>,
+    /// Per table: upserts left that go straight to the staging table (no COPY into the table first).
+    conflict_backoff: HashMap<String, u32>,
 }
 
 /// A batch as rows, per table (by quoted name), and the records that cannot be rows.
@@ -124,6 +126,7 @@ impl PostgresSink {
             client: None,
             tables: HashMap::new(),
             stages: HashMap::new(),
+            conflict_backoff: HashMap::new(),
         })
     }
 
@@ -203,7 +206,7 @@ impl Sink for PostgresSink {
         if !batch.rejected.is_empty() {
             return Ok(Written::Rejected(batch.rejected));
         }
-        let PostgresSink { settings, connector, client, tables: cache, stages } = self;
+        let PostgresSink { settings, connector, client, tables: cache, stages, conflict_backoff } = self;
         let client = client.as_mut().ok_or_else(|| ConnectError::PostgresRetriable("not connected".into()))?;
         let mut rejected = Vec::new();
         for (name, table) in &batch.tables {
@@ -228,6 +231,9 @@ impl Sink for PostgresSink {
         for (staging, (name, table)) in batch.tables.iter().enumerate() {
             let info = cache.get(name).ok_or_else(|| ConnectError::Internal(format!("{name} is not loaded")))?;
             let pk_ids: Vec<Option<u32>> = table.pk.iter().map(|c| batch.rows.column_id(c)).collect();
+            let backoff = conflict_backoff.entry(name.clone()).or_default();
+            let copy_first = *backoff == 0;
+            *backoff = backoff.saturating_sub(1);
             for (segment_index, segment) in
                 plan(&batch.rows, &table.ids, settings.mode, &pk_ids).into_iter().enumerate()
             {
@@ -239,11 +245,15 @@ impl Sink for PostgresSink {
                     mode: settings.mode,
                     staging: staging * SEGMENTS_PER_TABLE_MAX + segment_index,
                     upsert_stage: stages.get(name).map(|(stage, _)| stage.as_str()),
+                    copy_first,
                 };
-                let refused = apply_segment(&tx, &target, &batch.rows, segment).await?;
-                if !refused.is_empty() {
+                let applied = apply_segment(&tx, &target, &batch.rows, segment).await?;
+                if applied.conflicted {
+                    *conflict_backoff.entry(name.clone()).or_default() = CONFLICT_BACKOFF_BATCHES;
+                }
+                if !applied.refused.is_empty() {
                     let _ = tx.rollback().await;
-                    return Ok(Written::Rejected(refused));
+                    return Ok(Written::Rejected(applied.refused));
                 }
             }
         }
@@ -256,6 +266,11 @@ impl Sink for PostgresSink {
         self.settings.batch_size
     }
 }
+
+/// Batches of a table whose upsert goes straight to the staging table after its COPY into the
+/// table met an existing key: a stream that updates rows would waste a COPY on most batches,
+/// one that mostly adds rows tries again soon.
+const CONFLICT_BACKOFF_BATCHES: u32 = 16;
 
 /// Staging names are unique per (table, segment): segments of a table are at most its rows.
 const SEGMENTS_PER_TABLE_MAX: usize = BATCH_SIZE_MAX as usize + 1;
