@@ -74,39 +74,67 @@ async fn measure(args: &ConnectArgs, url: &str) -> anyhow::Result<()> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     println!(
-        "connect benchmark: {} rows of ~{} bytes, {} partitions, {} sink tasks, batch.size {}",
+        "connect benchmark: {} rows of ~{} bytes, {} partitions, {} sink tasks, batch.size {}; load average {}",
         rows.len(),
         rows.iter().map(|(_, v)| v.len()).sum::<usize>() / rows.len().max(1),
         args.partitions,
         args.tasks,
-        args.batch_size
+        args.batch_size,
+        load_average()
     );
-
-    let copy = copy_baseline(url, &client, &rows, dir.path()).await?;
-    println!(
-        "psql \\copy (same rows, CSV):      {:>10.0} rows/s  ({:.2} s)",
-        rate(rows.len(), copy),
-        copy.as_secs_f64()
-    );
+    let settings: Vec<tokio_postgres::Row> = client
+        .query("SELECT name || '=' || setting FROM pg_settings WHERE name IN ('synchronous_commit', 'fsync', 'wal_level') ORDER BY name", &[])
+        .await?;
+    let settings: Vec<String> = settings.iter().map(|r| r.get(0)).collect();
+    println!("PostgreSQL: {} (the same for \\copy and the sink: one server, default sessions)", settings.join(", "));
+    let csv = write_csv(&rows, dir.path())?;
+    // Each measurement is bracketed by `\copy` runs and compared with their mean, so that load
+    // from other processes that comes or goes during the run lands on both sides.
+    let mut copies = vec![copy_run(url, &client, rows.len(), &csv).await?];
     let multi_row = multi_row_baseline(&client, &rows, args.batch_size as usize).await?;
-    println!(
-        "multi-row INSERT (1000 rows/stmt): {:>10.0} rows/s  ({:.2} s) = {:.0}% of \\copy  (the alternative to COPY)",
-        rate(rows.len(), multi_row),
-        multi_row.as_secs_f64(),
-        100.0 * copy.as_secs_f64() / multi_row.as_secs_f64()
-    );
-    for mode in ["insert", "upsert"] {
-        let elapsed = sink_run(&service, &client, url, args, mode, rows.len()).await?;
-        println!(
-            "postgres-sink {mode:<6}:             {:>10.0} rows/s  ({:.2} s) = {:.0}% of \\copy",
-            rate(rows.len(), elapsed),
-            elapsed.as_secs_f64(),
-            100.0 * copy.as_secs_f64() / elapsed.as_secs_f64()
-        );
+    copies.push(copy_run(url, &client, rows.len(), &csv).await?);
+    report("multi-row INSERT (1000 rows/stmt)", rows.len(), multi_row, &copies[copies.len() - 2..]);
+    let cases = [
+        ("postgres-sink insert", SinkCase { mode: "insert", fresh: true }),
+        ("postgres-sink upsert (new keys)", SinkCase { mode: "upsert", fresh: true }),
+        ("postgres-sink upsert (keys exist)", SinkCase { mode: "upsert", fresh: false }),
+    ];
+    for (what, case) in cases {
+        let elapsed = sink_run(&service, &client, url, args, &case, rows.len()).await?;
+        copies.push(copy_run(url, &client, rows.len(), &csv).await?);
+        report(what, rows.len(), elapsed, &copies[copies.len() - 2..]);
     }
+    let times: Vec<String> = copies.iter().map(|c| format!("{:.0}", rate(rows.len(), *c))).collect();
+    println!("psql \\copy runs (rows/s, in order): {}", times.join(", "));
+    sources(&service, &broker, args, &rows, dir.path()).await?;
+    println!("load average at the end: {}", load_average());
+    service.shutdown().await;
+    broker.close();
+    Ok(())
+}
+
+/// One line: rows/s, and the ratio to the mean time of the `\copy` runs around it.
+fn report(what: &str, rows: usize, elapsed: Duration, copies: &[Duration]) {
+    let copy = copies.iter().map(Duration::as_secs_f64).sum::<f64>() / copies.len().max(1) as f64;
+    println!(
+        "{what:<34} {:>10.0} rows/s  ({:.2} s) = {:.0}% of \\copy ({:.0} rows/s, mean of the runs before and after)",
+        rate(rows, elapsed),
+        elapsed.as_secs_f64(),
+        100.0 * copy / elapsed.as_secs_f64(),
+        rows as f64 / copy.max(1e-9)
+    );
+}
+
+async fn sources(
+    service: &ConnectService,
+    broker: &Broker,
+    args: &ConnectArgs,
+    rows: &[(String, String)],
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
     let datagen = source_run(
-        &service,
-        &broker,
+        service,
+        broker,
         "datagen",
         args.records,
         BTreeMap::from([
@@ -116,13 +144,13 @@ async fn measure(args: &ConnectArgs, url: &str) -> anyhow::Result<()> {
         ]),
     )
     .await?;
-    println!("datagen-source:                   {:>10.0} records/s", rate(args.records, datagen));
-    let file = dir.path().join("lines.txt");
+    println!("datagen-source:                    {:>10.0} records/s", rate(args.records, datagen));
+    let file = dir.join("lines.txt");
     let text: String = rows.iter().map(|(_, v)| format!("{v}\n")).collect();
     std::fs::write(&file, text)?;
     let tail = source_run(
-        &service,
-        &broker,
+        service,
+        broker,
         "filetail",
         args.records,
         BTreeMap::from([
@@ -132,10 +160,15 @@ async fn measure(args: &ConnectArgs, url: &str) -> anyhow::Result<()> {
         ]),
     )
     .await?;
-    println!("file-source:                      {:>10.0} records/s", rate(args.records, tail));
-    service.shutdown().await;
-    broker.close();
+    println!("file-source:                       {:>10.0} records/s", rate(args.records, tail));
     Ok(())
+}
+
+/// The 1, 5 and 15 minute load averages (`/proc/loadavg`), for the record of each run.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn rate(records: usize, elapsed: Duration) -> f64 {
@@ -206,19 +239,18 @@ fn fill_topic(broker: &Broker, topic: &str, partitions: i32, rows: &[(String, St
     Ok(())
 }
 
-const TABLE_COLUMNS: &str =
-    "id bigint PRIMARY KEY, action text, amount bigint, ok boolean, page text, score double precision, \"user\" text";
+/// Every table of the benchmark (`\copy`'s, multi-row INSERT's, the sink's) is made by this
+/// DDL: same columns, same primary key (the upsert needs it, so inserts have it too). No
+/// autovacuum on them, so that a vacuum of one run's table does not land on the next run.
+fn create_table(name: &str) -> String {
+    format!(
+        "DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id bigint PRIMARY KEY, action text, amount bigint, \
+         ok boolean, page text, score double precision, \"user\" text) WITH (autovacuum_enabled = false)"
+    )
+}
 
-/// `psql \copy` of the same rows (as CSV, columns in the sink's order) into an identical table.
-async fn copy_baseline(
-    url: &str,
-    client: &tokio_postgres::Client,
-    rows: &[(String, String)],
-    dir: &std::path::Path,
-) -> anyhow::Result<Duration> {
-    client
-        .batch_execute(&format!("DROP TABLE IF EXISTS copy_baseline; CREATE TABLE copy_baseline ({TABLE_COLUMNS})"))
-        .await?;
+/// The rows as the CSV `\copy` loads (columns in the sink's order), written once.
+fn write_csv(rows: &[(String, String)], dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     let mut csv = String::with_capacity(rows.len() * 80);
     for (key, value) in rows {
         let key: serde_json::Value = serde_json::from_str(key)?;
@@ -236,19 +268,33 @@ async fn copy_baseline(
     }
     let path = dir.join("rows.csv");
     std::fs::write(&path, csv)?;
+    Ok(path)
+}
+
+/// `psql \copy` of the CSV into a fresh table, timed from psql's start to its exit. Every run
+/// (`\copy`, multi-row INSERT, sink) starts after a CHECKPOINT, so none inherits the dirty
+/// buffers and WAL of the run before it.
+async fn copy_run(
+    url: &str,
+    client: &tokio_postgres::Client,
+    rows: usize,
+    csv: &std::path::Path,
+) -> anyhow::Result<Duration> {
+    client.batch_execute(&create_table("copy_baseline")).await?;
+    client.batch_execute("CHECKPOINT").await?;
     let started = Instant::now();
     let status = std::process::Command::new("psql")
         .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-c"])
         .arg(format!(
             "\\copy copy_baseline (id, action, amount, ok, page, score, \"user\") FROM '{}' WITH (FORMAT csv)",
-            path.display()
+            csv.display()
         ))
         .status()
         .context("running psql (apt-get install postgresql-client)")?;
     let elapsed = started.elapsed();
     anyhow::ensure!(status.success(), "psql \\copy failed");
     let copied: i64 = client.query_one("SELECT count(*) FROM copy_baseline", &[]).await?.get(0);
-    anyhow::ensure!(copied as usize == rows.len(), "\\copy loaded {copied} of {} rows", rows.len());
+    anyhow::ensure!(copied as usize == rows, "\\copy loaded {copied} of {rows} rows");
     Ok(elapsed)
 }
 
@@ -260,7 +306,8 @@ async fn multi_row_baseline(
     batch: usize,
 ) -> anyhow::Result<Duration> {
     const ROWS_PER_STATEMENT: usize = 1000;
-    client.batch_execute(&format!("DROP TABLE IF EXISTS multi_row; CREATE TABLE multi_row ({TABLE_COLUMNS})")).await?;
+    client.batch_execute(&create_table("multi_row")).await?;
+    client.batch_execute("CHECKPOINT").await?;
     let mut parsed = Vec::with_capacity(rows.len());
     for (key, value) in rows {
         let key: serde_json::Value = serde_json::from_str(key)?;
@@ -325,18 +372,28 @@ async fn multi_row_baseline(
     Ok(started.elapsed())
 }
 
+/// One sink run: insert or upsert mode, into a fresh table or (`fresh: false`) into the table
+/// the previous upsert run filled, so that every key exists and each row is an update.
+struct SinkCase {
+    mode: &'static str,
+    fresh: bool,
+}
+
 async fn sink_run(
     service: &ConnectService,
     client: &tokio_postgres::Client,
     url: &str,
     args: &ConnectArgs,
-    mode: &str,
+    case: &SinkCase,
     expected: usize,
 ) -> anyhow::Result<Duration> {
-    let name = format!("sink_{mode}");
+    let (mode, name) = (case.mode, format!("sink_{}", case.mode));
     // A previous run's positions (the table may not exist yet: that is fine).
     let _ = client.batch_execute(&format!("DELETE FROM runnel_connect_offsets WHERE connector = '{name}'")).await;
-    client.batch_execute(&format!("DROP TABLE IF EXISTS {name}; CREATE TABLE {name} ({TABLE_COLUMNS})")).await?;
+    if case.fresh {
+        client.batch_execute(&create_table(&name)).await?;
+    }
+    client.batch_execute("CHECKPOINT").await?;
     let config: BTreeMap<String, String> = [
         ("connector.class", "postgres-sink"),
         ("connection.url", url),

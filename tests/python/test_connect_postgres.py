@@ -186,35 +186,46 @@ def test_postgres_restart_mid_stream_loses_and_duplicates_nothing(broker, postgr
     assert any("retrying" in line for line in logs), "the outage was never noticed"
 
 
-def test_bad_records_go_to_the_dead_letter_topic(broker, postgres_server, pg_database):
+@pytest.mark.parametrize("mode", ["upsert", "insert"])
+def test_bad_records_go_to_the_dead_letter_topic(broker, postgres_server, pg_database, mode):
     topic = unique_topic("pg-dlq")
     dlq = unique_topic("pg-dlq-dead")
     create_topic(broker.bootstrap, topic, partitions=1)
-    postgres_server.psql(f'CREATE TABLE "{topic}" (id bigint PRIMARY KEY, n bigint NOT NULL, note text)', pg_database)
-    good = [({"id": i}, {"n": i, "note": f"ok {i}"}) for i in range(200)]
+    postgres_server.psql("CREATE TABLE parent (id bigint PRIMARY KEY); INSERT INTO parent VALUES (1)", pg_database)
+    postgres_server.psql(f'CREATE TABLE "{topic}" (id bigint PRIMARY KEY, n bigint NOT NULL CHECK (n >= 0), '
+                         f'note text, parent bigint REFERENCES parent (id))', pg_database)
+    good = [({"id": i}, {"n": i, "note": f"ok {i}", "parent": 1}) for i in range(200)]
     bad = [
+        # Found before COPY:
         ({"id": 1000}, "not json at all"),
         ({"id": 1001}, [1, 2, 3]),
-        ({"id": 1002}, {"n": "forty-two"}),   # PostgreSQL refuses the value for a bigint column
+        ({"id": 1002}, {"n": "forty-two"}),   # not an integer
         ({"id": 1003}, {"note": "no n"}),     # NOT NULL
         (None, {"n": 5}),                      # no key for pk.mode=record_key
+        # Refused by PostgreSQL, which names the COPY line:
+        ({"id": 1005}, {"n": "12abc"}),       # digits, yet no integer
+        ({"id": 1006}, {"n": -1}),            # CHECK constraint
+        # Refused by PostgreSQL with no line (checked at the end of the statement): found row by row.
+        ({"id": 1007}, {"n": 7, "parent": 99}),  # foreign key
     ]
-    mixed = good[:50] + bad[:2] + good[50:120] + bad[2:] + good[120:]
+    mixed = good[:50] + bad[:2] + good[50:120] + bad[2:5] + good[120:150] + bad[5:] + good[150:]
     config = sink_config(postgres_server, pg_database, topic, auto_create="false", auto_evolve="false",
-                         **{"errors.tolerance": "all", "errors.deadletterqueue.topic.name": dlq})
+                         insert_mode=mode, **{"errors.tolerance": "all", "errors.deadletterqueue.topic.name": dlq})
     create_connector(broker, "pgdlq", config)
     produce_rows(broker, topic, mixed)
     wait_until("good rows", lambda: count(postgres_server, pg_database, topic) == 200)
     rows = postgres_server.rows(f'SELECT id, n, note FROM "{topic}" ORDER BY id', pg_database)
     assert rows == [[str(i), str(i), f"ok {i}"] for i in range(200)]
-    dead = consume_partitions(broker.bootstrap, dlq, [0])[0]
+    dead = wait_until("dead letters", lambda: (d := consume_partitions(broker.bootstrap, dlq, [0])[0])
+                      and len(d) >= len(bad) and d)
     assert len(dead) == len(bad)
     headers = [dict(r.headers) for r in dead]
-    assert sorted(int(h["__connect.errors.offset"]) for h in headers) == sorted([50, 51, 122, 123, 124])
+    assert sorted(int(h["__connect.errors.offset"]) for h in headers) == [50, 51, 122, 123, 124, 155, 156, 157]
     assert all(h["__connect.errors.topic"].decode() == topic for h in headers)
-    messages = [h["__connect.errors.exception.message"].decode() for h in headers]
-    assert any("not JSON" in m for m in messages) and any("22P02" in m for m in messages), messages
-    assert any("23502" in m for m in messages) and any("no key" in m for m in messages), messages
+    messages = {int(h["__connect.errors.offset"]): h["__connect.errors.exception.message"].decode() for h in headers}
+    assert "not JSON" in messages[50] and "22P02" in messages[122], messages
+    assert "23502" in messages[123] and "no key" in messages[124], messages
+    assert "22P02" in messages[155] and "23514" in messages[156] and "23503" in messages[157], messages
     status = connector_status(broker, "pgdlq")
     assert status["tasks"][0]["state"] == "RUNNING" and status["tasks"][0]["failed"] == len(bad)
 
