@@ -57,6 +57,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::TransformCommand,
     },
+    /// Run a SQL statement against the broker's topics (through the admin API)
+    Sql {
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+        #[command(flatten)]
+        args: cli::SqlArgs,
+    },
     /// Benchmark a running broker with librdkafka; results are ratios to this machine's ceiling
     Bench {
         #[command(subcommand)]
@@ -87,6 +94,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Produce { connect, args } => runtime()?.block_on(cli::run_produce(&connect, args)),
         Command::Consume { connect, args } => runtime()?.block_on(cli::run_consume(&connect, args)),
         Command::Transform { connect, command } => runtime()?.block_on(cli::run_transform(&connect, command)),
+        Command::Sql { connect, args } => runtime()?.block_on(cli::run_sql(&connect, args)),
     }
 }
 

@@ -79,12 +79,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let pool = runnel_runtime::transform::ComputePool::new(threads);
     let service = runnel_runtime::transform::TransformService::start(std::sync::Arc::clone(&broker), factory, pool)
         .context("starting transforms")?;
-    let routes = runnel_runtime::transform::http::routes(std::sync::Arc::clone(&service));
+    let sql = runnel_runtime::sql::SqlEngine::start(std::sync::Arc::clone(&broker)).await.context("starting SQL")?;
+    let routes = runnel_runtime::transform::http::routes(std::sync::Arc::clone(&service))
+        .merge(runnel_runtime::sql::http::routes(std::sync::Arc::clone(&sql)));
     let listeners = runnel_broker::server::Listeners::bind(&broker).await?;
     // Transforms stop at a batch boundary before the server drains and the logs close.
     let shutdown = async move {
         shutdown_signal().await;
         service.shutdown().await;
+        sql.views().shutdown().await;
     };
     runnel_broker::server::serve_with_routes(broker, listeners, routes, shutdown).await?;
     Ok(())

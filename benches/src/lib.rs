@@ -12,6 +12,7 @@ mod ceiling;
 pub mod compaction;
 mod group;
 mod kafka;
+mod sql;
 mod transform;
 
 use std::time::Duration;
@@ -35,6 +36,9 @@ pub enum BenchCommand {
     /// WASM transforms on an embedded broker: WASM vs native closure (host and pipeline),
     /// the latency a transform adds, and produce latency while hostile modules spin
     Transform(transform::TransformArgs),
+    /// SQL on an embedded broker: an ad-hoc GROUP BY against DuckDB on the same records, and
+    /// continuous Nexmark queries (q1, q2, q5, q7) in events/s per core
+    Sql(sql::SqlArgs),
     /// Log cleaner throughput (MB/s read and written, share kept) on a generated log, in process
     Compaction(compaction::CompactionArgs),
 }
@@ -160,6 +164,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Group(args) => run_group(args)?,
         BenchCommand::Transform(args) => transform::run(args)?,
         BenchCommand::Compaction(args) => compaction::report(&args)?,
+        BenchCommand::Sql(args) => sql::run(args)?,
     }
     Ok(())
 }

@@ -36,6 +36,7 @@
 //! `/v1/transforms`; see `docs/TRANSFORMS.md`). Connectors and SQL attach here later.
 
 pub mod bench;
+pub mod sql;
 pub mod transform;
 mod wasm;
 

@@ -7,13 +7,13 @@
 //! - [`processor`]: the seam to the code that runs a batch (the WASM host, or a native closure).
 //! - [`http`]: `/v1/transforms` on the admin port.
 
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod commit;
 pub mod http;
-mod log_io;
+pub(crate) mod log_io;
 pub mod pool;
 pub mod processor;
-mod records;
+pub(crate) mod records;
 mod runner;
 pub mod service;
 pub mod spec;

@@ -27,7 +27,7 @@ use super::TransformError;
 pub const REGISTRY_TOPIC: &str = "__runnel_transforms";
 /// Modules and checkpoints (which carry a batch's outputs) can be large: internal topics take
 /// records up to this size.
-const INTERNAL_MESSAGE_BYTES_MAX: &str = "67108864";
+pub(crate) const INTERNAL_MESSAGE_BYTES_MAX: &str = "67108864";
 /// How often running transforms look for partitions added to their inputs.
 const PARTITION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// A module larger than this is refused at deploy.
@@ -391,7 +391,7 @@ fn summarize(paused: bool, instances: &[InstanceInfo]) -> String {
 
 /// Creates an internal topic if missing (compacted, never expired by time), or grows it to
 /// `partitions`.
-fn ensure_topic(broker: &Broker, name: &str, partitions: i32) -> Result<(), TransformError> {
+pub(crate) fn ensure_topic(broker: &Broker, name: &str, partitions: i32) -> Result<(), TransformError> {
     if let Some(existing) = broker.topic(name) {
         if existing.partitions >= partitions {
             return Ok(());
