@@ -203,7 +203,15 @@ impl ViewService {
         let select = create.query.to_string();
         let source = source_of(engine, &select)?;
         let layout = engine.layout(&source).await?;
-        let view = compile(&select, &source, layout.clone()).await?;
+        let view = match compile(&select, &source, layout.clone()).await {
+            Ok(view) => view,
+            Err(SqlError::Plan(message)) if layout.source == (SchemaSource::Inferred { sampled: 0 }) => {
+                return Err(SqlError::Plan(format!(
+                    "{message} ({source:?} has no JSON records to infer its columns from: declare them with CREATE TABLE {source} (...))"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
         if let (Shape::Stream { .. }, Some(_)) = (&view.shape, options.emit) {
             return Err(SqlError::Plan("emit applies to views with GROUP BY".into()));
         }
@@ -236,9 +244,17 @@ impl ViewService {
         ensure_topic(&self.broker, &def.changelog_topic(), 1)?;
         // Aggregate rows replace each other by key: compaction keeps the latest. A stream
         // view's rows are events, kept by time like any topic.
-        let policy = if matches!(view.shape, Shape::Aggregate(_)) { "compact" } else { "delete" };
-        create_topic(&self.broker, &def.name, def.partitions, &[("cleanup.policy", policy)])?;
-        create_topic(&self.broker, &def.late_topic(), source_partitions, &[])?;
+        // An aggregate's rows are its current result, and late records keep their (possibly
+        // old) timestamps, which retention would count from: neither expires by time. A stream
+        // view's rows are events, kept like the source's.
+        let keep = ("retention.ms", "-1");
+        match view.shape {
+            Shape::Aggregate(_) => {
+                create_topic(&self.broker, &def.name, def.partitions, &[("cleanup.policy", "compact"), keep])?
+            }
+            Shape::Stream { .. } => create_topic(&self.broker, &def.name, def.partitions, &[])?,
+        }
+        create_topic(&self.broker, &def.late_topic(), source_partitions, &[keep])?;
         Ok(())
     }
 
