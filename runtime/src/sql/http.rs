@@ -110,7 +110,7 @@ async fn run(State(engine): State<Arc<SqlEngine>>, headers: HeaderMap, body: Byt
 fn render(output: &QueryOutput, format: &str, query_id: &str) -> Result<Response, SqlError> {
     let encode = |e: arrow::error::ArrowError| SqlError::Internal(format!("encoding the result: {e}"));
     let (content_type, body) = match format {
-        "json" => return Ok(render_json(output, query_id)?),
+        "json" => return render_json(output, query_id),
         "csv" => {
             let mut body = Vec::new();
             {

@@ -176,29 +176,17 @@ impl Accumulator {
     pub(crate) fn merge(&mut self, other: &Accumulator) {
         match (self, other) {
             (Accumulator::Count(a), Accumulator::Count(b)) => *a += b,
-            (Accumulator::SumInt(a), Accumulator::SumInt(b)) => {
-                if let Some(b) = b {
-                    *a = Some(a.unwrap_or(0).wrapping_add(*b));
-                }
-            }
-            (Accumulator::SumFloat(a), Accumulator::SumFloat(b)) => {
-                if let Some(b) = b {
-                    *a = Some(a.unwrap_or(0.0) + b);
-                }
-            }
+            (Accumulator::SumInt(a), Accumulator::SumInt(Some(b))) => *a = Some(a.unwrap_or(0).wrapping_add(*b)),
+            (Accumulator::SumFloat(a), Accumulator::SumFloat(Some(b))) => *a = Some(a.unwrap_or(0.0) + b),
             (Accumulator::Avg { sum, count }, Accumulator::Avg { sum: s, count: c }) => {
                 *sum += s;
                 *count += c;
             }
-            (Accumulator::Min(a), Accumulator::Min(Some(b))) => {
-                if a.as_ref().is_none_or(|a| b < a) {
-                    *a = Some(b.clone());
-                }
+            (Accumulator::Min(a), Accumulator::Min(Some(b))) if a.as_ref().is_none_or(|a| b < a) => {
+                *a = Some(b.clone());
             }
-            (Accumulator::Max(a), Accumulator::Max(Some(b))) => {
-                if a.as_ref().is_none_or(|a| b > a) {
-                    *a = Some(b.clone());
-                }
+            (Accumulator::Max(a), Accumulator::Max(Some(b))) if a.as_ref().is_none_or(|a| b > a) => {
+                *a = Some(b.clone());
             }
             (Accumulator::Distinct(a), Accumulator::Distinct(b)) => a.extend(b.iter().cloned()),
             _ => {}
