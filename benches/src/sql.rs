@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use arrow::array::AsArray;
 use clap::Args;
 use runnel_broker::Broker;
 use runnel_runtime::sql::{QueryLimits, SqlEngine};
@@ -169,7 +170,6 @@ fn write_clicks(broker: &Broker, args: &SqlArgs, ndjson_path: &Path) -> anyhow::
 
 /// (groups, sum of counts) of a GROUP BY answer.
 fn summarize(batches: &[arrow::array::RecordBatch]) -> anyhow::Result<(u64, u64)> {
-    use arrow::array::AsArray;
     let mut groups = 0;
     let mut count = 0;
     for batch in batches {
@@ -184,6 +184,7 @@ const DUCKDB_SCRIPT: &str = r#"
 import duckdb, json, sys, time
 path, runs = sys.argv[1], int(sys.argv[2])
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 sql = ("SELECT \"user\", COUNT(*) AS n, SUM(amount) AS total FROM read_json(?, format='newline_delimited', "
        "columns={'user': 'VARCHAR', 'amount': 'BIGINT', 'page': 'VARCHAR', 'ts': 'BIGINT'}) GROUP BY \"user\"")
 times = []
@@ -216,7 +217,11 @@ fn duckdb(args: &SqlArgs, path: &Path) -> anyhow::Result<Option<(Vec<f64>, u64, 
         }
         anyhow::bail!("duckdb failed: {stderr}");
     }
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).context("duckdb's answer")?;
+    // The answer is the last line (DuckDB may print before it).
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let answer: serde_json::Value =
+        serde_json::from_str(last).with_context(|| format!("duckdb's answer: {stdout:?}"))?;
     let times = answer["times"].as_array().context("times")?.iter().filter_map(|t| t.as_f64()).collect();
     println!("  duckdb threads: {}", answer["threads"]);
     Ok(Some((times, answer["groups"].as_u64().unwrap_or(0), answer["count"].as_u64().unwrap_or(0))))
@@ -320,15 +325,22 @@ async fn nexmark(args: &SqlArgs) -> anyhow::Result<()> {
         if name == "q5" {
             let hottest = engine
                 .execute(
-                    "SELECT COUNT(*) FROM (SELECT window_start, auction, num, RANK() OVER (PARTITION BY window_start \
-                     ORDER BY num DESC) AS r FROM q5) WHERE r = 1",
+                    "SELECT COUNT(*) AS rows, COUNT(DISTINCT window_start) AS windows FROM (SELECT window_start, \
+                     auction, num, RANK() OVER (PARTITION BY window_start ORDER BY num DESC) AS r FROM q5) WHERE r = 1",
                     limits,
                     None,
                 )
                 .await?;
+            let value = |column: usize| {
+                hottest
+                    .batches
+                    .first()
+                    .map_or(0, |b| b.column(column).as_primitive::<arrow::datatypes::Int64Type>().value(0))
+            };
             println!(
-                "      hottest auction(s) per window, from the view: {} rows",
-                hottest.batches.iter().map(|b| b.num_rows()).sum::<usize>()
+                "      hottest auction per window (a query over the view): {} rows over {} windows",
+                value(0),
+                value(1)
             );
         }
         engine.execute(&format!("DROP MATERIALIZED VIEW {name}"), limits, None).await?;
