@@ -64,6 +64,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::ConnectorCommand,
     },
+    /// Run a SQL statement against the broker's topics (through the admin API)
+    Sql {
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+        #[command(flatten)]
+        args: cli::SqlArgs,
+    },
     /// Benchmark a running broker with librdkafka; results are ratios to this machine's ceiling
     Bench {
         #[command(subcommand)]
@@ -95,6 +102,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Consume { connect, args } => runtime()?.block_on(cli::run_consume(&connect, args)),
         Command::Transform { connect, command } => runtime()?.block_on(cli::run_transform(&connect, command)),
         Command::Connector { connect, command } => runtime()?.block_on(cli::run_connector(&connect, command)),
+        Command::Sql { connect, args } => runtime()?.block_on(cli::run_sql(&connect, args)),
     }
 }
 

@@ -85,14 +85,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .context("starting transforms")?;
     let connect = runnel_runtime::connect::ConnectService::start(std::sync::Arc::clone(&broker), factory, pool)
         .context("starting connectors")?;
+    let sql = runnel_runtime::sql::SqlEngine::start(std::sync::Arc::clone(&broker)).await.context("starting SQL")?;
     let routes = runnel_runtime::transform::http::routes(std::sync::Arc::clone(&service))
-        .merge(runnel_runtime::connect::http::routes(std::sync::Arc::clone(&connect)));
+        .merge(runnel_runtime::connect::http::routes(std::sync::Arc::clone(&connect)))
+        .merge(runnel_runtime::sql::http::routes(std::sync::Arc::clone(&sql)));
     let listeners = runnel_broker::server::Listeners::bind(&broker).await?;
-    // Transforms and connectors stop at a batch boundary before the server drains and the logs close.
+    // Transforms, connectors and views stop at a batch boundary before the server drains and the logs close.
     let shutdown = async move {
         shutdown_signal().await;
         connect.shutdown().await;
         service.shutdown().await;
+        sql.views().shutdown().await;
     };
     runnel_broker::server::serve_with_routes(broker, listeners, routes, shutdown).await?;
     Ok(())

@@ -13,6 +13,7 @@ pub mod compaction;
 mod connect;
 mod group;
 mod kafka;
+mod sql;
 mod transform;
 
 use std::time::Duration;
@@ -39,6 +40,9 @@ pub enum BenchCommand {
     /// Hosted connectors on an embedded broker: PostgreSQL sink rows/s against `psql \copy` of
     /// the same rows in the same run, and source throughput
     Connect(connect::ConnectArgs),
+    /// SQL on an embedded broker: an ad-hoc GROUP BY against DuckDB on the same records, and
+    /// continuous Nexmark queries (q1, q2, q5, q7) in events/s per core
+    Sql(sql::SqlArgs),
     /// Log cleaner throughput (MB/s read and written, share kept) on a generated log, in process
     Compaction(compaction::CompactionArgs),
 }
@@ -165,6 +169,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Transform(args) => transform::run(args)?,
         BenchCommand::Compaction(args) => compaction::report(&args)?,
         BenchCommand::Connect(args) => connect::run(args)?,
+        BenchCommand::Sql(args) => sql::run(args)?,
     }
     Ok(())
 }

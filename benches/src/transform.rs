@@ -278,13 +278,13 @@ impl Run {
     }
 }
 
-fn open_broker(dir: &std::path::Path) -> anyhow::Result<Arc<Broker>> {
+pub(crate) fn open_broker(dir: &std::path::Path) -> anyhow::Result<Arc<Broker>> {
     let mut config = runnel_broker::config::BrokerConfig { data_dir: dir.to_path_buf(), ..Default::default() };
     config.set("log.flush.interval.ms", "9223372036854775807")?;
     Ok(Broker::open(config)?)
 }
 
-fn create(broker: &Broker, name: &str, partitions: i32) -> anyhow::Result<()> {
+pub(crate) fn create(broker: &Broker, name: &str, partitions: i32) -> anyhow::Result<()> {
     broker.propose(MetadataCommand::CreateTopic {
         name: name.into(),
         topic_id: format!("{:032x}", fastrand_u128(name)),
@@ -309,7 +309,7 @@ fn event(i: usize, value_bytes: usize) -> Vec<u8> {
     value.into_bytes()
 }
 
-fn encode(values: &[Vec<u8>], timestamp_ms: i64) -> anyhow::Result<Bytes> {
+pub(crate) fn encode(values: &[Vec<u8>], timestamp_ms: i64) -> anyhow::Result<Bytes> {
     let records: Vec<Record> = values
         .iter()
         .enumerate()

@@ -34,10 +34,12 @@
 //! WASI subset, limits, cache); `bench` measures it; [`transform`] runs modules beside each
 //! input partition of the broker (registry, per-partition instances, exactly-once commits,
 //! `/v1/transforms`; see `docs/TRANSFORMS.md`); [`connect`] hosts Kafka-Connect-style
-//! connectors (`/connectors`; see `docs/CONNECTORS.md`). SQL attaches here later.
+//! connectors (`/connectors`; see `docs/CONNECTORS.md`); [`sql`] runs DataFusion over topics
+//! and keeps materialized views (`/v1/sql`; see `docs/SQL.md`).
 
 pub mod bench;
 pub mod connect;
+pub mod sql;
 pub mod transform;
 mod wasm;
 

@@ -17,6 +17,17 @@ pub(crate) async fn request(
     path_and_query: &str,
     body: Bytes,
 ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    let (status, _, body) = request_with_headers(admin, method, path_and_query, body).await?;
+    Ok((status, body))
+}
+
+/// Like [`request`], also returning the response headers (`runnel sql` reads its stats there).
+pub(crate) async fn request_with_headers(
+    admin: &str,
+    method: hyper::Method,
+    path_and_query: &str,
+    body: Bytes,
+) -> anyhow::Result<(hyper::StatusCode, hyper::HeaderMap, Bytes)> {
     let base = admin.trim_end_matches('/');
     let base = if base.contains("://") { base.to_string() } else { format!("http://{base}") };
     let uri: hyper::Uri =
@@ -33,12 +44,13 @@ pub(crate) async fn request(
         .await
         .with_context(|| format!("cannot reach the admin API at {base} (is runnel serve running? see --admin)"))?;
     let status = response.status();
+    let headers = response.headers().clone();
     let body = http_body_util::Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
         .collect()
         .await
         .map_err(|e| anyhow::anyhow!("reading the admin response from {uri}: {e}"))?
         .to_bytes();
-    Ok((status, body))
+    Ok((status, headers, body))
 }
 
 /// Turns a non-2xx answer into an error carrying the server's `{"error": ...}` message.

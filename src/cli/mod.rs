@@ -16,6 +16,7 @@ mod group;
 mod offsets;
 use runnel_broker::partitioner;
 mod produce;
+mod sql;
 mod topic;
 mod transform;
 
@@ -23,6 +24,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 pub(crate) use connector::{run as run_connector, ConnectorCommand};
 pub(crate) use group::GroupCommand;
+pub(crate) use sql::{run as run_sql, SqlArgs};
 pub(crate) use transform::{run as run_transform, TransformCommand};
 
 /// Where the brokers are. Shared by every client command; `global` so that

@@ -195,6 +195,11 @@ impl PartitionLog {
         self.segments.len()
     }
 
+    /// Base offsets of the segments, oldest first (SQL scans report the segments they skip).
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        self.segments.keys().copied().collect()
+    }
+
     pub fn set_config(&mut self, config: LogConfig) {
         self.config = config;
     }

@@ -27,7 +27,7 @@ use super::TransformError;
 pub const REGISTRY_TOPIC: &str = "__runnel_transforms";
 /// Modules and checkpoints (which carry a batch's outputs) can be large: internal topics take
 /// records up to this size.
-const INTERNAL_MESSAGE_BYTES_MAX: &str = "67108864";
+pub(crate) const INTERNAL_MESSAGE_BYTES_MAX: &str = "67108864";
 /// How often running transforms look for partitions added to their inputs.
 const PARTITION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// A module larger than this is refused at deploy.
