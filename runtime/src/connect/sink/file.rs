@@ -12,6 +12,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use runnel_broker::GroupOffset;
+
 use super::{group_id, Positions, Sink, SinkRecord, Written};
 use crate::connect::config::Settings;
 use crate::connect::task::TaskContext;
@@ -53,14 +55,34 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    async fn open(&mut self, _partitions: &[(String, i32)]) -> Result<Positions, ConnectError> {
-        let committed = self.broker.group_offsets(&self.group);
-        let length =
-            committed.iter().filter_map(|o| o.metadata.strip_prefix(METADATA_PREFIX)?.parse::<u64>().ok()).max();
+    async fn open(&mut self, partitions: &[(String, i32)]) -> Result<Positions, ConnectError> {
+        let mut committed = self.broker.group_offsets(&self.group);
         let path = self.path.clone();
         let io = |e: std::io::Error| ConnectError::Io(format!("{}: {e}", path.display()));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io)?;
         let current = file.metadata().map_err(io)?.len();
+        let mut length =
+            committed.iter().filter_map(|o| o.metadata.strip_prefix(METADATA_PREFIX)?.parse::<u64>().ok()).max();
+        if length.is_none() && !partitions.is_empty() {
+            // First start: where this connector's lines begin is committed before any is
+            // written, or a crash between the first write and its commit would leave lines that
+            // the restart (reading from the log start again) writes a second time.
+            let start: Vec<GroupOffset> = partitions
+                .iter()
+                .map(|(topic, partition)| GroupOffset {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: self.broker.partition(topic, *partition).map_or(0, |p| p.log().log_start_offset()),
+                    metadata: format!("{METADATA_PREFIX}{current}"),
+                })
+                .collect();
+            self.broker
+                .commit_group_offsets(&self.group, &start)
+                .await
+                .map_err(|e| ConnectError::Storage(e.to_string()))?;
+            committed = start;
+            length = Some(current);
+        }
         self.bytes = match length {
             Some(length) if length < current => {
                 // Lines written after the last commit: they are written again from the positions.
