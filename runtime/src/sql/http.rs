@@ -125,7 +125,9 @@ fn render(output: &QueryOutput, format: &str, query_id: &str) -> Result<Response
             ("text/csv", body)
         }
         "table" => {
-            let table = arrow::util::pretty::pretty_format_batches(&output.batches).map_err(encode)?;
+            // With the schema, an empty answer still shows its column names.
+            let table = arrow::util::pretty::pretty_format_batches_with_schema(output.schema.clone(), &output.batches)
+                .map_err(encode)?;
             ("text/plain; charset=utf-8", format!("{table}\n").into_bytes())
         }
         _ => {
