@@ -31,6 +31,38 @@ pub(crate) struct PendingOutput {
     pub(crate) batch: Bytes,
 }
 
+impl PendingOutput {
+    /// Appends `pending`: a count, then each batch with its topic and partition. Every
+    /// checkpoint that carries its outputs (transforms, sources, views) ends with this.
+    pub(crate) fn put_all(out: &mut BytesMut, pending: &[PendingOutput]) {
+        out.put_u32(pending.len() as u32);
+        for pending in pending {
+            put_str(out, &pending.topic);
+            out.put_i32(pending.partition);
+            out.put_u32(pending.batch.len() as u32);
+            out.put_slice(&pending.batch);
+        }
+    }
+
+    /// Reads what [`PendingOutput::put_all`] wrote; the error names the part that is short.
+    pub(crate) fn take_all(bytes: &mut Bytes) -> Result<Vec<PendingOutput>, &'static str> {
+        let count = take_u32(bytes).ok_or("output count")?;
+        // Each entry takes at least 10 bytes: a count larger than that is corruption, and must
+        // not size an allocation.
+        let mut pending = Vec::with_capacity((count as usize).min(bytes.remaining() / 10));
+        for _ in 0..count {
+            let topic = take_str(bytes).ok_or("output topic")?;
+            let partition = bytes.try_get_i32().map_err(|_| "output partition")?;
+            let len = take_u32(bytes).ok_or("output length")? as usize;
+            if bytes.remaining() < len {
+                return Err("output batch");
+            }
+            pending.push(PendingOutput { topic, partition, batch: bytes.split_to(len) });
+        }
+        Ok(pending)
+    }
+}
+
 /// Where an instance stands after its last commit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Checkpoint {
@@ -57,13 +89,7 @@ impl Checkpoint {
             out.put_i32(*partition);
             out.put_i32(*sequence);
         }
-        out.put_u32(self.pending.len() as u32);
-        for pending in &self.pending {
-            put_str(&mut out, &pending.topic);
-            out.put_i32(pending.partition);
-            out.put_u32(pending.batch.len() as u32);
-            out.put_slice(&pending.batch);
-        }
+        PendingOutput::put_all(&mut out, &self.pending);
         out.freeze()
     }
 
@@ -92,16 +118,7 @@ impl Checkpoint {
             let partition = bytes.get_i32();
             checkpoint.sequences.insert((topic, partition), bytes.get_i32());
         }
-        let count = take_u32(&mut bytes).ok_or_else(|| corrupt("short"))?;
-        for _ in 0..count {
-            let topic = take_str(&mut bytes).ok_or_else(|| corrupt("output topic"))?;
-            let partition = bytes.try_get_i32().map_err(|_| corrupt("output partition"))?;
-            let len = take_u32(&mut bytes).ok_or_else(|| corrupt("output length"))? as usize;
-            if bytes.remaining() < len {
-                return Err(corrupt("output batch"));
-            }
-            checkpoint.pending.push(PendingOutput { topic, partition, batch: bytes.split_to(len) });
-        }
+        checkpoint.pending = PendingOutput::take_all(&mut bytes).map_err(corrupt)?;
         Ok(checkpoint)
     }
 }

@@ -46,15 +46,7 @@ impl SourceCheckpoint {
         out.put_u32(VERSION);
         out.put_u32(header.len() as u32);
         out.put_slice(&header);
-        out.put_u32(self.pending.len() as u32);
-        for pending in &self.pending {
-            // Topic names are at most 249 bytes.
-            out.put_u16(pending.topic.len() as u16);
-            out.put_slice(pending.topic.as_bytes());
-            out.put_i32(pending.partition);
-            out.put_u32(pending.batch.len() as u32);
-            out.put_slice(&pending.batch);
-        }
+        PendingOutput::put_all(&mut out, &self.pending);
         Ok(out.freeze())
     }
 
@@ -69,21 +61,7 @@ impl SourceCheckpoint {
             return Err(corrupt("header"));
         }
         let header: Header = serde_json::from_slice(&bytes.split_to(len)).map_err(|e| corrupt(&e.to_string()))?;
-        let count = bytes.try_get_u32().map_err(|_| corrupt("short"))?;
-        let mut pending = Vec::new();
-        for _ in 0..count {
-            let len = bytes.try_get_u16().map_err(|_| corrupt("topic"))? as usize;
-            if bytes.remaining() < len {
-                return Err(corrupt("topic"));
-            }
-            let topic = String::from_utf8(bytes.split_to(len).to_vec()).map_err(|_| corrupt("topic"))?;
-            let partition = bytes.try_get_i32().map_err(|_| corrupt("partition"))?;
-            let len = bytes.try_get_u32().map_err(|_| corrupt("batch length"))? as usize;
-            if bytes.remaining() < len {
-                return Err(corrupt("batch"));
-            }
-            pending.push(PendingOutput { topic, partition, batch: bytes.split_to(len) });
-        }
+        let pending = PendingOutput::take_all(&mut bytes).map_err(corrupt)?;
         Ok(SourceCheckpoint { header, pending })
     }
 }

@@ -59,14 +59,7 @@ impl ViewCheckpoint {
         out.put_u32(CHECKPOINT_VERSION);
         out.put_u32(meta.len() as u32);
         out.put_slice(&meta);
-        out.put_u32(self.pending.len() as u32);
-        for pending in &self.pending {
-            out.put_u16(pending.topic.len() as u16);
-            out.put_slice(pending.topic.as_bytes());
-            out.put_i32(pending.partition);
-            out.put_u32(pending.batch.len() as u32);
-            out.put_slice(&pending.batch);
-        }
+        PendingOutput::put_all(&mut out, &self.pending);
         Ok(out.freeze())
     }
 
@@ -82,20 +75,7 @@ impl ViewCheckpoint {
         }
         let mut checkpoint: ViewCheckpoint =
             serde_json::from_slice(&bytes.split_to(length)).map_err(|e| corrupt(&e.to_string()))?;
-        let count = bytes.try_get_u32().map_err(|_| corrupt("short"))?;
-        for _ in 0..count {
-            let topic_length = bytes.try_get_u16().map_err(|_| corrupt("topic"))? as usize;
-            if bytes.remaining() < topic_length {
-                return Err(corrupt("topic"));
-            }
-            let topic = String::from_utf8(bytes.split_to(topic_length).to_vec()).map_err(|_| corrupt("topic"))?;
-            let partition = bytes.try_get_i32().map_err(|_| corrupt("partition"))?;
-            let length = bytes.try_get_u32().map_err(|_| corrupt("batch length"))? as usize;
-            if bytes.remaining() < length {
-                return Err(corrupt("batch"));
-            }
-            checkpoint.pending.push(PendingOutput { topic, partition, batch: bytes.split_to(length) });
-        }
+        checkpoint.pending = PendingOutput::take_all(&mut bytes).map_err(corrupt)?;
         Ok(checkpoint)
     }
 }
