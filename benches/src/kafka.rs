@@ -10,11 +10,11 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::native_batch::{BatchConsumer, BatchProducer, RECORDS_PER_CALL};
 use crate::{BenchArgs, Latency, Throughput};
 
 /// Every wait in the benchmark ends: a stuck broker fails the run instead of hanging it.
@@ -102,9 +102,15 @@ fn producer(args: &BenchArgs, linger_ms: &str) -> anyhow::Result<BaseProducer<Co
         .set("acks", args.acks.as_config())
         .set("compression.type", &args.compression)
         .set("linger.ms", linger_ms)
+        // One produce batch per partition of up to 1 MB, the broker's default max.message.bytes.
         .set("batch.size", "1000000")
+        .set("batch.num.messages", "100000")
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
+        .set("socket.send.buffer.bytes", "4194304")
+        // Failures still come back as reports; success is every record leaving the queue on
+        // flush without one. Saves a callback per record in the client.
+        .set("delivery.report.only.error", "true")
         .set("enable.idempotence", "false")
         .create_with_context(context)
         .context("creating producer")
@@ -116,8 +122,8 @@ fn payload(size: usize) -> Vec<u8> {
 }
 
 /// Sends `args.records` records (split over `args.clients` producers) and waits until each is
-/// acknowledged; `rate` caps records/s.
-pub(crate) fn produce(args: &BenchArgs, topic: &str, rate: Option<u64>) -> anyhow::Result<Throughput> {
+/// acknowledged.
+pub(crate) fn produce(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughput> {
     let clients = u64::from(args.clients.max(1));
     let bar = progress(args.records, "produce");
     let started = Instant::now();
@@ -126,7 +132,7 @@ pub(crate) fn produce(args: &BenchArgs, topic: &str, rate: Option<u64>) -> anyho
             .map(|client| {
                 let share = args.records / clients + u64::from(client < args.records % clients);
                 let bar = &bar;
-                scope.spawn(move || produce_share(args, topic, share, rate.map(|r| (r / clients).max(1)), bar))
+                scope.spawn(move || produce_share(args, topic, share, client as i32, bar))
             })
             .collect();
         for worker in workers {
@@ -139,57 +145,35 @@ pub(crate) fn produce(args: &BenchArgs, topic: &str, rate: Option<u64>) -> anyho
     Ok(Throughput { bytes: args.records * args.record_size as u64, records: args.records, elapsed })
 }
 
-fn produce_share(
-    args: &BenchArgs,
-    topic: &str,
-    records: u64,
-    rate: Option<u64>,
-    bar: &ProgressBar,
-) -> anyhow::Result<()> {
+/// One producer's share: batches of [`RECORDS_PER_CALL`] records, each batch to the next
+/// partition in turn (what librdkafka's sticky partitioner does for keyless records).
+fn produce_share(args: &BenchArgs, topic: &str, records: u64, client: i32, bar: &ProgressBar) -> anyhow::Result<()> {
+    // Leaked once per producer (a record's worth of bytes): librdkafka points at it, uncopied,
+    // until each record is sent, so it must outlive the producer.
+    let value: &'static [u8] = Box::leak(payload(args.record_size).into_boxed_slice());
     let producer = producer(args, "5")?;
-    let value = payload(args.record_size);
-    let started = Instant::now();
-    for i in 0..records {
-        if let Some(rate) = rate {
-            pace(started, i, rate);
-        }
-        send(&producer, topic, &value)?;
-        if i % 10_000 == 0 {
-            bar.inc(10_000.min(records - i));
-            producer.poll(Duration::ZERO);
-        }
+    let mut batch = BatchProducer::new(&producer, topic)?;
+    let partitions = args.partitions.max(1);
+    let mut partition = client % partitions;
+    let mut sent = 0u64;
+    while sent < records {
+        let count = (records - sent).min(RECORDS_PER_CALL as u64);
+        batch.send_shared(partition, value, count as usize, STALL_TIMEOUT)?;
+        partition = (partition + 1) % partitions;
+        sent += count;
+        bar.inc(count);
+        producer.poll(Duration::ZERO);
     }
+    drop(batch);
     wait_delivered(&producer, records)
-}
-
-fn send(producer: &BaseProducer<Counting>, topic: &str, value: &[u8]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + STALL_TIMEOUT;
-    loop {
-        match producer.send(BaseRecord::<(), [u8]>::to(topic).payload(value)) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) if Instant::now() < deadline => {
-                producer.poll(Duration::from_millis(5));
-            }
-            Err((e, _)) => return Err(e).context("producing"),
-        }
-    }
 }
 
 fn wait_delivered(producer: &BaseProducer<Counting>, records: u64) -> anyhow::Result<()> {
     producer.flush(STALL_TIMEOUT).context("flushing producer")?;
-    let context = producer.context();
-    let failed = context.failed.load(Ordering::Relaxed);
-    let delivered = context.delivered.load(Ordering::Relaxed);
-    anyhow::ensure!(failed == 0 && delivered == records, "{delivered} of {records} records delivered, {failed} failed");
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    let left = producer.in_flight_count();
+    anyhow::ensure!(failed == 0 && left == 0, "of {records} records, {failed} failed and {left} are undelivered");
     Ok(())
-}
-
-fn pace(started: Instant, sent: u64, rate: u64) {
-    let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
-    let now = Instant::now();
-    if due > now {
-        std::thread::sleep(due - now);
-    }
 }
 
 fn consumer(args: &BenchArgs, topic: &str, offset: Offset, partitions: &[i32]) -> anyhow::Result<BaseConsumer> {
@@ -200,6 +184,12 @@ fn consumer(args: &BenchArgs, topic: &str, offset: Offset, partitions: &[i32]) -
         .set("fetch.wait.max.ms", "100")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760")
+        // Keep fetching while the application drains: librdkafka otherwise pauses a partition
+        // once 100k records or 64 MB are queued and backs off for fetch.queue.backoff.ms (1 s).
+        .set("queued.min.messages", "1000000")
+        .set("queued.max.messages.kbytes", "1048576")
+        .set("fetch.queue.backoff.ms", "5")
+        .set("socket.receive.buffer.bytes", "4194304")
         .create()
         .context("creating consumer")?;
     let mut assignment = TopicPartitionList::new();
@@ -227,49 +217,24 @@ pub(crate) fn consume(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughpu
                 let (received, bytes, bar) = (&received, &bytes, &bar);
                 scope.spawn(move || -> anyhow::Result<()> {
                     let consumer = consumer(args, topic, Offset::Beginning, partitions)?;
+                    let mut batch = BatchConsumer::new(&consumer)?;
                     let mut last_progress = Instant::now();
-                    // Counted locally and published every PUBLISH_EVERY records: two threads
-                    // bumping shared atomics per record would bounce a cache line between the
-                    // cores and measure that instead of the broker.
-                    const PUBLISH_EVERY: u64 = 1_000;
-                    let (mut local_records, mut local_bytes) = (0u64, 0u64);
                     let mut total = 0;
                     while total < args.records {
-                        match consumer.poll(Duration::from_millis(50)) {
-                            Some(Ok(message)) => {
-                                local_records += 1;
-                                local_bytes += message.payload_len() as u64;
-                                if local_records == PUBLISH_EVERY {
-                                    total = received.fetch_add(local_records, Ordering::Relaxed) + local_records;
-                                    bytes.fetch_add(local_bytes, Ordering::Relaxed);
-                                    (local_records, local_bytes) = (0, 0);
-                                    last_progress = Instant::now();
-                                    if total % 10_000 < PUBLISH_EVERY {
-                                        bar.set_position(total);
-                                    }
-                                } else {
-                                    total += 1;
-                                }
-                            }
-                            Some(Err(e)) => anyhow::bail!("consume error: {e}"),
-                            None => {
-                                // Idle: publish, and see whether the other consumers progressed.
-                                let before = total;
-                                total = received.fetch_add(local_records, Ordering::Relaxed) + local_records;
-                                bytes.fetch_add(local_bytes, Ordering::Relaxed);
-                                (local_records, local_bytes) = (0, 0);
-                                if total > before {
-                                    last_progress = Instant::now();
-                                }
-                                anyhow::ensure!(
-                                    last_progress.elapsed() < STALL_TIMEOUT,
-                                    "consumer stalled at {total} records"
-                                );
-                            }
+                        // Shared counters are bumped once per batch, not per record: two
+                        // threads bouncing a cache line would measure that, not the broker.
+                        let mut batch_bytes = 0u64;
+                        let n = batch.poll(Duration::from_millis(50), |value| batch_bytes += value.len() as u64)?;
+                        let before = total;
+                        total = received.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+                        bytes.fetch_add(batch_bytes, Ordering::Relaxed);
+                        // Idle here but the other consumers progressed: not stalled.
+                        if total > before {
+                            last_progress = Instant::now();
+                            bar.set_position(total);
                         }
+                        anyhow::ensure!(last_progress.elapsed() < STALL_TIMEOUT, "consumer stalled at {total} records");
                     }
-                    received.fetch_add(local_records, Ordering::Relaxed);
-                    bytes.fetch_add(local_bytes, Ordering::Relaxed);
                     Ok(())
                 })
             })
@@ -284,52 +249,49 @@ pub(crate) fn consume(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughpu
     Ok(Throughput { bytes: bytes.into_inner(), records: received.into_inner(), elapsed })
 }
 
+/// Records stamped and sent per call at most in the e2e run: small, so a record waits in the
+/// client for no more than a few microseconds before librdkafka has it.
+const E2E_RECORDS_PER_CALL: u64 = 64;
+
 /// Produces at `rate` records/s with the send time in each value, consumes concurrently, and
 /// records each record's produce-to-consume latency.
 pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Result<Latency> {
     let all: Vec<i32> = (0..args.partitions).collect();
     let consumer = consumer(args, topic, Offset::End, &all)?;
+    let mut batch = BatchConsumer::new(&consumer)?;
     // Let the consumer reach the end before anything is sent, so nothing is missed.
     let warmup = Instant::now();
     while warmup.elapsed() < Duration::from_secs(2) {
-        consumer.poll(Duration::from_millis(50));
+        batch.poll(Duration::from_millis(50), |_| {})?;
     }
     let records = args.records;
     let producer_args = args.clone();
     let topic_name = topic.to_string();
-    let sender = std::thread::spawn(move || -> anyhow::Result<()> {
-        let producer = producer(&producer_args, "0")?;
-        let mut value = payload(producer_args.record_size.max(8));
-        let started = Instant::now();
-        for i in 0..records {
-            pace(started, i, rate);
-            value[..8].copy_from_slice(&now_us().to_be_bytes());
-            send(&producer, &topic_name, &value)?;
-            producer.poll(Duration::ZERO);
-        }
-        wait_delivered(&producer, records)
-    });
+    let sender = std::thread::spawn(move || send_paced(&producer_args, &topic_name, records, rate));
     let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let bar = progress(records, "e2e");
     let mut received = 0u64;
     let mut last_progress = Instant::now();
     while received < records {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                let Some(value) = message.payload().filter(|v| v.len() >= 8) else { continue };
-                let mut stamp = [0u8; 8];
-                stamp.copy_from_slice(&value[..8]);
-                let latency = now_us().saturating_sub(u64::from_be_bytes(stamp)).max(1);
-                histogram.record(latency.min(60_000_000))?;
-                received += 1;
-                last_progress = Instant::now();
-                if received.is_multiple_of(1_000) {
-                    bar.set_position(received);
-                }
+        let mut failure = None;
+        let n = batch.poll(Duration::from_millis(100), |value| {
+            let Some(stamp) = value.get(..8) else { return };
+            let stamp = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
+            let latency = now_us().saturating_sub(stamp).max(1);
+            if let Err(e) = histogram.record(latency.min(60_000_000)) {
+                failure.get_or_insert(e);
             }
-            Some(Err(e)) => anyhow::bail!("consume error after {received} records: {e}"),
-            None => anyhow::ensure!(last_progress.elapsed() < STALL_TIMEOUT, "consumer stalled at {received} records"),
+        });
+        let n = n.with_context(|| format!("after {received} records"))?;
+        if let Some(e) = failure {
+            return Err(e.into());
         }
+        if n > 0 {
+            received += n as u64;
+            last_progress = Instant::now();
+            bar.set_position(received);
+        }
+        anyhow::ensure!(last_progress.elapsed() < STALL_TIMEOUT, "consumer stalled at {received} records");
     }
     bar.finish_and_clear();
     sender.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
@@ -340,6 +302,47 @@ pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Re
         max_us: histogram.max(),
         count: histogram.len(),
     })
+}
+
+/// The e2e sender: whenever records are due at `rate`, stamps up to [`E2E_RECORDS_PER_CALL`]
+/// of them with the time now and hands them to librdkafka (which copies them) in one call,
+/// partitions in turn; `linger.ms=0`.
+fn send_paced(args: &BenchArgs, topic: &str, records: u64, rate: u64) -> anyhow::Result<()> {
+    let producer = producer(args, "0")?;
+    let mut batch = BatchProducer::new(&producer, topic)?;
+    let size = args.record_size.max(8);
+    let template = payload(size);
+    let mut values: Vec<u8> = template.iter().copied().cycle().take(size * E2E_RECORDS_PER_CALL as usize).collect();
+    let partitions = args.partitions.max(1);
+    let mut partition = 0;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < records {
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(records);
+        if due <= sent {
+            pace(started, sent, rate);
+            continue;
+        }
+        let count = (due - sent).min(E2E_RECORDS_PER_CALL) as usize;
+        let stamp = now_us().to_be_bytes();
+        for value in values.chunks_exact_mut(size).take(count) {
+            value[..8].copy_from_slice(&stamp);
+        }
+        batch.send_copied(partition, &values[..count * size], size, STALL_TIMEOUT)?;
+        partition = (partition + 1) % partitions;
+        sent += count as u64;
+        producer.poll(Duration::ZERO);
+    }
+    drop(batch);
+    wait_delivered(&producer, records)
+}
+
+fn pace(started: Instant, sent: u64, rate: u64) {
+    let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+    let now = Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
+    }
 }
 
 fn now_us() -> u64 {

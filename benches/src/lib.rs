@@ -13,6 +13,7 @@ pub mod compaction;
 mod connect;
 mod group;
 mod kafka;
+mod native_batch;
 mod sql;
 mod transform;
 
@@ -149,13 +150,13 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Produce(args) => {
             let ceiling = report_ceiling(&args)?;
             let topic = kafka::prepare_topic(&args)?;
-            let result = kafka::produce(&args, &topic, None)?;
+            let result = kafka::produce(&args, &topic)?;
             report("produce", &args, result, ceiling);
         }
         BenchCommand::Consume(args) => {
             let ceiling = report_ceiling(&args)?;
             let topic = kafka::prepare_topic(&args)?;
-            kafka::produce(&args, &topic, None)?;
+            kafka::produce(&args, &topic)?;
             let result = kafka::consume(&args, &topic)?;
             report("consume", &args, result, ceiling);
         }
@@ -178,13 +179,13 @@ fn run_all(args: BenchArgs) -> anyhow::Result<()> {
     let ceiling = report_ceiling(&args)?;
     let acks1 = BenchArgs { acks: Acks::One, topic: None, ..args.clone() };
     let topic = kafka::prepare_topic(&acks1)?;
-    let produce1 = kafka::produce(&acks1, &topic, None)?;
+    let produce1 = kafka::produce(&acks1, &topic)?;
     report("produce acks=1", &acks1, produce1, ceiling);
     let consume = kafka::consume(&acks1, &topic)?;
     report("consume", &acks1, consume, ceiling);
     let acks_all = BenchArgs { acks: Acks::All, topic: None, ..args.clone() };
     let topic_all = kafka::prepare_topic(&acks_all)?;
-    let produce_all = kafka::produce(&acks_all, &topic_all, None)?;
+    let produce_all = kafka::produce(&acks_all, &topic_all)?;
     report("produce acks=all", &acks_all, produce_all, ceiling);
     let half_peak = (produce1.records_per_s() / 2.0).max(1.0) as u64;
     let e2e_args =
@@ -211,7 +212,7 @@ fn run_all(args: BenchArgs) -> anyhow::Result<()> {
 fn run_group(args: GroupArgs) -> anyhow::Result<()> {
     let common = args.common;
     let topic = kafka::prepare_topic(&common)?;
-    let produced = kafka::produce(&common, &topic, None)?;
+    let produced = kafka::produce(&common, &topic)?;
     report_plain("produce", &common, produced);
     let mut runs = Vec::new();
     for members in &args.members {

@@ -351,6 +351,23 @@ impl Broker {
         }
     }
 
+    /// Hands what each log appended since the last call, once it is at least `min_bytes`, to
+    /// the kernel's writeback; returns the bytes handed. Blocking: the flusher runs it off the
+    /// async runtime. Makes nothing durable (see `storage/writeback.rs`).
+    pub fn start_writeback(&self, min_bytes: u64) -> u64 {
+        let mut handed = 0;
+        for partition in self.all_partitions() {
+            let Some(range) = partition.log().take_writeback(min_bytes) else { continue };
+            match range.start() {
+                Ok(()) => handed += range.bytes(),
+                Err(e) => {
+                    tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "starting writeback failed")
+                }
+            }
+        }
+        handed
+    }
+
     /// Applies retention to every partition; run by a background task.
     pub fn enforce_retention(&self) {
         for partition in self.all_partitions() {

@@ -81,6 +81,33 @@ impl FetchSlice {
     }
 }
 
+/// Bytes of the active segment to hand to the kernel's writeback (see `writeback.rs`): a hint
+/// that spreads disk writes out, not a flush.
+#[derive(Debug)]
+pub struct WritebackRange {
+    file: Arc<File>,
+    path: PathBuf,
+    offset: u64,
+    bytes: u64,
+}
+
+impl WritebackRange {
+    /// Starts the write-out; blocking (the device queue may be full), so call it off the async
+    /// runtime.
+    pub fn start(&self) -> Result<()> {
+        super::writeback::start(&self.file, self.offset, self.bytes).map_err(|e| StorageError::io(&self.path, e))
+    }
+
+    /// Where the range starts in its segment file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 /// What a flush must fsync to make everything up to `offset` durable.
 #[derive(Debug)]
 pub struct SyncPlan {
@@ -112,6 +139,8 @@ pub struct PartitionLog {
     unflushed_sealed: Vec<(PathBuf, Arc<File>)>,
     unflushed_messages: u64,
     last_flush_ms: i64,
+    /// How much of which segment was handed to writeback: (segment base offset, bytes).
+    writeback_started: (i64, u64),
     /// Idempotent producers' recent sequences, for duplicate and gap detection.
     producers: ProducerStates,
     /// Aborted transactions (`.txnindex` files), for read_committed fetches.
@@ -159,6 +188,7 @@ impl PartitionLog {
             unflushed_sealed: Vec::new(),
             unflushed_messages: 0,
             last_flush_ms: now_ms,
+            writeback_started: (-1, 0),
             producers: ProducerStates::default(),
             aborted: AbortedIndex::default(),
         };
@@ -410,6 +440,27 @@ impl PartitionLog {
         self.unflushed_messages = 0;
         self.last_flush_ms = self.clock.now_ms();
         SyncPlan { files, offset: self.log_end_offset() }
+    }
+
+    /// The active segment's bytes not yet handed to writeback, once there are at least
+    /// `min_bytes` of them; they count as handed from now on. The tail of a segment rolled
+    /// before it was handed is left to the next fsync.
+    pub fn take_writeback(&mut self, min_bytes: u64) -> Option<WritebackRange> {
+        let active = self.active();
+        let (base, started) = self.writeback_started;
+        // A truncation can shrink the segment below what was handed; start again from its end.
+        let from = if base == active.base_offset { started.min(active.size) } else { 0 };
+        if active.size - from < min_bytes.max(1) {
+            return None;
+        }
+        let range = WritebackRange {
+            file: Arc::clone(&active.log),
+            path: active.log_path().to_path_buf(),
+            offset: from,
+            bytes: active.size - from,
+        };
+        self.writeback_started = (active.base_offset, active.size);
+        Some(range)
     }
 
     /// Records that a [`SyncPlan`] finished.

@@ -12,8 +12,9 @@ mod producers;
 pub(crate) mod record_codec;
 mod segment;
 mod transactions;
+mod writeback;
 
-pub use log::{AppendInfo, FetchSlice, PartitionLog, SyncPlan};
+pub use log::{AppendInfo, FetchSlice, PartitionLog, SyncPlan, WritebackRange};
 pub use producers::SequenceCheck;
 pub use transactions::{control_type, encode_marker, AbortedTxn, CONTROL_TYPE_ABORT, CONTROL_TYPE_COMMIT};
 

@@ -247,6 +247,30 @@ fn truncate_to_cuts_back_to_a_batch_boundary_across_segments() {
 }
 
 #[test]
+fn writeback_hands_each_appended_byte_of_the_active_segment_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(0));
+    let mut log = open(dir.path(), config(2_000), &clock);
+    assert!(log.take_writeback(1).is_none(), "nothing appended yet");
+    log.append(&sample_batch(1, 0, &[b'w'; 100])).expect("append");
+    let first = log.take_writeback(1).expect("the appended bytes");
+    assert_eq!((first.offset(), first.bytes()), (0, log.size_bytes()));
+    first.start().expect("writeback starts");
+    assert!(log.take_writeback(1).is_none(), "each byte is handed once");
+    log.append(&sample_batch(1, 1, &[b'w'; 100])).expect("append");
+    assert!(log.take_writeback(first.bytes() * 10).is_none(), "below the minimum it waits");
+    let second = log.take_writeback(1).expect("the new bytes");
+    assert_eq!((second.offset(), second.offset() + second.bytes()), (first.bytes(), log.size_bytes()));
+    assert_eq!(log.flushed_offset(), 0, "writeback makes nothing durable");
+    while log.segment_count() == 1 {
+        log.append(&sample_batch(1, 2, &[b'w'; 100])).expect("append");
+    }
+    let rolled = log.take_writeback(1).expect("the new segment's bytes");
+    assert_eq!(rolled.offset(), 0, "a new segment is handed from its start");
+    rolled.start().expect("writeback starts");
+}
+
+#[test]
 fn timestamp_search_finds_the_first_batch_at_or_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(ManualClock::new(0));
