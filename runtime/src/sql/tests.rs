@@ -231,9 +231,12 @@ async fn limits_time_out_cap_memory_and_cancel() {
         produce(&broker, "big", 0, &records);
     }
     let engine = Arc::new(SqlEngine::start(Arc::clone(&broker)).await.expect("engine"));
-    let slow = "SELECT COUNT(*) FROM big a, big b WHERE a.v + b.v = -1";
+    // 8·10¹² row combinations: no machine finishes this within the limits below (a two-way
+    // join of 4·10⁸ did, on an idle machine, within 300 ms).
+    let slow = "SELECT COUNT(*) FROM big a, big b, big c WHERE a.v + b.v + c.v = -1";
     let limits = QueryLimits { timeout: Duration::from_millis(300), ..QueryLimits::default() };
-    assert!(matches!(engine.execute(slow, limits, None).await, Err(SqlError::Timeout(300))));
+    let timed_out = engine.execute(slow, limits, None).await;
+    assert!(matches!(timed_out, Err(SqlError::Timeout(300))), "{:?}", timed_out.map(|o| o.batches));
     let small = QueryLimits { memory_bytes: 1024 * 1024, ..QueryLimits::default() };
     let hungry = engine.execute("SELECT k, COUNT(*) FROM big GROUP BY k ORDER BY k", small, None).await;
     assert!(matches!(hungry, Err(SqlError::ResourcesExhausted(_))), "{hungry:?}");
