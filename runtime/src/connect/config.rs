@@ -19,6 +19,11 @@ pub const CONFIG_ENTRIES_MAX: usize = 256;
 pub const CONFIG_BYTES_MAX: usize = 256 * 1024;
 /// Environment handed to a connector's WASM module: `wasm.env.<NAME>` keys.
 const WASM_ENV_PREFIX: &str = "wasm.env.";
+/// Compiled size of a `topics.regex`: it is matched against every topic name at each metadata
+/// change, so a pathological pattern must be refused rather than slow every sink task.
+const TOPICS_REGEX_BYTES_MAX: usize = 1024 * 1024;
+/// Internal topics (`__consumer_offsets`, `__runnel_*`) are never read by a `topics.regex`.
+pub const INTERNAL_TOPIC_PREFIX: &str = "__";
 
 /// The connectors Runnel hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -104,8 +109,11 @@ pub struct Common {
     pub name: String,
     pub class: ConnectorClass,
     pub tasks_max: u32,
-    /// Sinks: the topics read.
+    /// Sinks: the topics read (`topics`), empty when `topics_regex` selects them.
     pub topics: Vec<String>,
+    /// Sinks: `topics.regex`, anchored (a topic matches when the whole name matches, as with
+    /// Connect's Java pattern); topics are matched as they appear.
+    pub topics_regex: Option<regex::Regex>,
     pub tolerance: Tolerance,
     pub dlq_topic: Option<String>,
     /// `errors.deadletterqueue.context.headers.enable`: error and source position in headers.
@@ -134,13 +142,14 @@ impl Common {
             return Err(invalid(format!("tasks.max must be 1 to {TASKS_MAX_LIMIT}, got {tasks_max}")));
         }
         let topics = settings.list("topics");
-        if class.is_sink() {
-            if topics.is_empty() {
-                return Err(invalid("a sink needs topics (comma-separated topic names)".into()));
-            }
-            if settings.str("topics.regex").is_some() {
-                return Err(invalid("topics.regex is not supported; list the topics".into()));
-            }
+        let topics_regex = settings.str("topics.regex").map(compile_topics_regex).transpose()?;
+        if class.is_sink() && topics.is_empty() == topics_regex.is_none() {
+            return Err(invalid(
+                "a sink needs one of topics (comma-separated topic names) or topics.regex, not both".into(),
+            ));
+        }
+        if !class.is_sink() && topics_regex.is_some() {
+            return Err(invalid("topics.regex is a sink setting; a source writes to `topic`".into()));
         }
         let tolerance = match settings.one_of("errors.tolerance", "none", &["none", "all"])? {
             "all" => Tolerance::All,
@@ -150,8 +159,11 @@ impl Common {
         if dlq_topic.is_some() && tolerance == Tolerance::None {
             return Err(invalid("errors.deadletterqueue.topic.name needs errors.tolerance=all".into()));
         }
-        if dlq_topic.as_ref().is_some_and(|t| topics.contains(t)) {
-            return Err(invalid("the dead-letter topic may not be one of the topics read".into()));
+        let read = |t: &String| topics.contains(t) || topics_regex.as_ref().is_some_and(|r| r.is_match(t));
+        if dlq_topic.as_ref().is_some_and(read) {
+            return Err(invalid(
+                "the dead-letter topic may not be one of the topics read (topics or topics.regex)".into(),
+            ));
         }
         let wasm_env = config
             .iter()
@@ -162,6 +174,7 @@ impl Common {
             class,
             tasks_max: tasks_max as u32,
             topics,
+            topics_regex,
             tolerance,
             dlq_topic,
             dlq_context_headers: settings.bool_or("errors.deadletterqueue.context.headers.enable", true)?,
@@ -176,6 +189,23 @@ impl Common {
     pub fn tasks(&self) -> u32 {
         self.class.tasks(self.tasks_max)
     }
+
+    /// Whether a sink reads `topic`: listed in `topics`, or matched by `topics.regex` (which
+    /// never matches an internal topic).
+    pub fn reads_topic(&self, topic: &str) -> bool {
+        match &self.topics_regex {
+            Some(pattern) => !topic.starts_with(INTERNAL_TOPIC_PREFIX) && pattern.is_match(topic),
+            None => self.topics.iter().any(|t| t == topic),
+        }
+    }
+}
+
+/// Compiles `topics.regex` anchored at both ends: Connect matches the whole topic name.
+fn compile_topics_regex(pattern: &str) -> Result<regex::Regex, ConnectError> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(TOPICS_REGEX_BYTES_MAX)
+        .build()
+        .map_err(|e| invalid(format!("topics.regex {pattern:?}: {e}")))
 }
 
 /// Typed access to a config map.
@@ -280,6 +310,35 @@ mod tests {
     }
 
     #[test]
+    fn topics_regex_matches_whole_names_and_never_internal_topics() {
+        let config = map(&[("connector.class", "postgres-sink"), ("topics.regex", "orders-.*|audit")]);
+        let common = Common::parse("n", &config).expect("valid");
+        assert!(common.topics.is_empty());
+        for (topic, read) in [
+            ("orders-eu", true),
+            ("orders-", true),
+            ("audit", true),
+            ("audit-log", false),
+            ("old-orders-eu", false),
+            ("__orders-x", false),
+        ] {
+            assert_eq!(common.reads_topic(topic), read, "{topic}");
+        }
+        let mut internal = config.clone();
+        internal.insert("topics.regex".into(), ".*".into());
+        assert!(!Common::parse("n", &internal).expect("valid").reads_topic("__consumer_offsets"));
+        let mut broken = config.clone();
+        broken.insert("topics.regex".into(), "orders-(".into());
+        let error = Common::parse("n", &broken).expect_err("unbalanced pattern");
+        assert!(error.to_string().contains("topics.regex"), "{error}");
+        let mut dlq = config.clone();
+        dlq.extend(map(&[("errors.tolerance", "all"), ("errors.deadletterqueue.topic.name", "orders-dead")]));
+        assert!(Common::parse("n", &dlq).is_err(), "the dead-letter topic matches the pattern");
+        let source = map(&[("connector.class", "file-source"), ("topics.regex", "a.*"), ("file", "/x")]);
+        assert!(Common::parse("n", &source).is_err());
+    }
+
+    #[test]
     fn common_settings_are_checked() {
         let ok = map(&[("connector.class", "file-sink"), ("topics", "a, b"), ("file", "/tmp/x")]);
         let common = Common::parse("n", &ok).expect("valid");
@@ -300,6 +359,7 @@ mod tests {
         assert!(Common::parse("n", &map(&[("connector.class", "file-sink")])).is_err(), "a sink needs topics");
         assert!(Common::parse("n", &map(&[("connector.class", "nope")])).is_err());
         let env = with(&[("wasm.env.FIELDS", "a,b")]).expect("valid");
+        assert!(with(&[("topics.regex", "a.*")]).is_err(), "topics and topics.regex together");
         assert_eq!(env.wasm_env.get("FIELDS").map(String::as_str), Some("a,b"));
     }
 }

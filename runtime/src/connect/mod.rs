@@ -45,6 +45,11 @@ pub enum ConnectError {
     PostgresRetriable(String),
     #[error("postgres: {0}")]
     Postgres(String),
+    /// A sink write found that the positions it started from are no longer the stored ones:
+    /// another writer (a task the partition moved from or to) committed them. Nothing was
+    /// committed; the task reopens from what is stored.
+    #[error("fenced: {0}")]
+    Fenced(String),
     #[error("{0}")]
     Io(String),
     #[error("module: {0}")]
@@ -58,7 +63,13 @@ pub enum ConnectError {
 impl ConnectError {
     /// Whether retrying the same work later may succeed.
     pub(crate) fn is_retriable(&self) -> bool {
-        matches!(self, ConnectError::PostgresRetriable(_) | ConnectError::Storage(_) | ConnectError::Io(_))
+        matches!(
+            self,
+            ConnectError::PostgresRetriable(_)
+                | ConnectError::Storage(_)
+                | ConnectError::Io(_)
+                | ConnectError::Fenced(_)
+        )
     }
 }
 

@@ -7,6 +7,13 @@
 //! group `connect-<name>` with the file's length in the commit metadata. On start the file is
 //! cut back to that length (dropping lines written after the last commit) and reading resumes
 //! from the committed positions.
+//!
+//! Fencing: the file sink runs one task, so a rebalance never gives its partitions to another
+//! writer; what can overlap is a task that was aborted (it did not stop in time) while its
+//! write and fsync still run on a blocking thread, and the task started after it. The task
+//! holds an exclusive lock on the file (`flock`) while it has it open, so the next one opens it
+//! only once that write is over (and cuts it back); and each write checks that the file is as
+//! long as this task left it, or it is [fenced](ConnectError::Fenced) and reopens.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,7 +21,7 @@ use std::sync::Arc;
 
 use runnel_broker::GroupOffset;
 
-use super::{group_id, Positions, Sink, SinkRecord, Written};
+use super::{group_id, Advance, Positions, Sink, SinkRecord, Written};
 use crate::connect::config::Settings;
 use crate::connect::task::TaskContext;
 use crate::connect::ConnectError;
@@ -59,7 +66,9 @@ impl Sink for FileSink {
         let mut committed = self.broker.group_offsets(&self.group);
         let path = self.path.clone();
         let io = |e: std::io::Error| ConnectError::Io(format!("{}: {e}", path.display()));
+        self.file = None; // releases this task's own lock before taking it again
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io)?;
+        lock_exclusive(&file, &self.path)?;
         let current = file.metadata().map_err(io)?.len();
         let mut length =
             committed.iter().filter_map(|o| o.metadata.strip_prefix(METADATA_PREFIX)?.parse::<u64>().ok()).max();
@@ -100,8 +109,16 @@ impl Sink for FileSink {
         Ok(committed.into_iter().map(|o| ((o.topic, o.partition), o.offset)).collect())
     }
 
-    async fn write(&mut self, records: &[SinkRecord], _positions: &Positions) -> Result<Written, ConnectError> {
+    async fn write(&mut self, records: &[SinkRecord], _advance: &Advance<'_>) -> Result<Written, ConnectError> {
         let file = self.file.clone().ok_or_else(|| ConnectError::Internal("file sink not open".into()))?;
+        let length = file.metadata().map_err(|e| ConnectError::Io(format!("{}: {e}", self.path.display())))?.len();
+        if length != self.bytes {
+            return Err(ConnectError::Fenced(format!(
+                "{} is {length} bytes long, this task left it at {}: written by someone else",
+                self.path.display(),
+                self.bytes
+            )));
+        }
         let mut buffer = Vec::with_capacity(records.len() * 64);
         for record in records {
             let line = if self.envelope { envelope(record) } else { value_json(record.value.as_deref()) };
@@ -130,6 +147,18 @@ impl Sink for FileSink {
     }
 }
 
+/// Takes the file's exclusive lock, or fails (retriably) while another writer holds it.
+fn lock_exclusive(file: &std::fs::File, path: &std::path::Path) -> Result<(), ConnectError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ConnectError::Io(format!(
+            "{}: locked by another writer (a task still finishing its last write?)",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(ConnectError::Io(format!("{}: lock: {e}", path.display()))),
+    }
+}
+
 /// A value as JSON: parsed when it is JSON, else a string; `null` for a tombstone.
 fn value_json(value: Option<&[u8]>) -> serde_json::Value {
     match value {
@@ -153,6 +182,20 @@ fn envelope(record: &SinkRecord) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_writer_holds_the_file_at_a_time() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("out.jsonl");
+        let open = || std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open");
+        let first = open();
+        lock_exclusive(&first, &path).expect("first writer locks");
+        let second = open();
+        let refused = lock_exclusive(&second, &path).expect_err("a second writer waits");
+        assert!(refused.is_retriable() && refused.to_string().contains("locked"), "{refused}");
+        drop(first);
+        lock_exclusive(&second, &path).expect("free once the first is gone");
+    }
 
     #[test]
     fn values_become_one_json_line_each() {

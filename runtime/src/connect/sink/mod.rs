@@ -1,14 +1,29 @@
-//! The sink task loop. A task owns a share of the partitions of `topics` (partition `i` of the
-//! sorted list goes to task `i % tasks`), reads them straight from the local log as a
-//! read_committed consumer would, optionally maps records through the connector's WASM
-//! module, and hands batches to its [`Sink`], which writes them together with the positions
-//! they bring the partitions to. Positions are also committed under the consumer group
-//! `connect-<name>`, so `runnel group describe connect-<name>` shows the lag.
+//! The sink task loop. A task owns a share of the partitions of the topics its connector
+//! reads (`topics` or `topics.regex`; see [`assign`] for the spread), reads them straight from
+//! the local log as a read_committed consumer would, optionally maps records through the
+//! connector's WASM module, and hands batches to its [`Sink`], which writes them together with
+//! the positions they bring the partitions to. Positions are also committed under the consumer
+//! group `connect-<name>`, so `runnel group describe connect-<name>` shows the lag.
+//!
+//! **Rebalancing.** Between batches a task compares the broker's metadata image with the one
+//! its share was computed from; when partitions were added or topics created (or deleted) and
+//! its share changed, it reopens the sink with the new share (each partition resumes where the
+//! sink stored it, a new one at the log start) — Connect's rebalance, without stopping the
+//! other tasks. The spread never moves a partition from one task to another, so tasks that
+//! notice a change at different moments never both hold a partition.
+//!
+//! **Fencing.** Writers outside that spread can still overlap: a task aborted (it did not stop
+//! in time) while its commit was in flight and the task started in its place, or the same
+//! connector run by a second broker against the same database. Each write names the positions
+//! it starts [`from`](Advance), and a sink whose commit holds positions refuses a write from
+//! positions it no longer stores ([`ConnectError::Fenced`]); the fenced task reopens from what
+//! is stored, so no batch is committed twice.
 //!
 //! A record the sink cannot write (bad data) is rejected before anything of its batch is
 //! committed; with `errors.tolerance=all` it goes to the dead-letter topic (or is skipped) and
 //! the rest of the batch is written again without it, with `none` the task fails there.
 
+pub(crate) mod assign;
 pub(crate) mod dead_letter;
 pub(crate) mod file;
 pub(crate) mod postgres;
@@ -24,10 +39,18 @@ use super::task::{Control, TaskContext};
 use super::ConnectError;
 use crate::transform::log_io;
 use crate::transform::records::decode_input;
-use crate::transform::InRecord;
+use crate::transform::{InRecord, TransformError};
 
-/// How long an idle task waits for an append before looking again.
+/// How long an idle task waits for an append before looking again (for appends, and for
+/// metadata changes: this bounds how late an idle task notices new partitions and topics).
 const IDLE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// Fenced writes in a row before the task fails. A stale writer (an aborted task's last commit)
+/// fences a task once; a long run of fences means two live writers keep claiming one
+/// partition (the connector running on two brokers against one database): a misconfiguration
+/// to report, not to spin on.
+const FENCED_REOPENS_MAX: u32 = 32;
+/// Partitions named in a "reassigned" log line: the log ring keeps lines, not megabytes.
+const LOGGED_PARTITIONS_MAX: usize = 16;
 
 /// Next offset to read, per (topic, partition).
 pub(crate) type Positions = BTreeMap<(String, i32), i64>;
@@ -53,13 +76,42 @@ pub(crate) enum Written {
     Rejected(Vec<(usize, String)>),
 }
 
+/// Where a write brings the task's partitions: `from` (where the sink stands, as it said at open
+/// or the last write left it) to `to`. Both hold the same partitions; a partition whose
+/// position does not move is not written. A sink whose commit holds positions checks `from`,
+/// so that two writers of one partition (a task that has not yet noticed it lost it, or one
+/// that was aborted with a commit in flight) cannot both commit the same records.
+#[derive(Debug)]
+pub(crate) struct Advance<'a> {
+    pub(crate) from: &'a Positions,
+    pub(crate) to: &'a Positions,
+}
+
+impl Advance<'_> {
+    /// The partitions this write moves: (partition, from, to).
+    pub(crate) fn moved(&self) -> Vec<(&(String, i32), i64, i64)> {
+        self.to
+            .iter()
+            .filter_map(|(key, &to)| {
+                let from = self.from.get(key).copied();
+                assert!(from.is_some(), "{}-{}: a write from no position", key.0, key.1);
+                let from = from.unwrap_or(to);
+                assert!(to >= from, "{}-{}: a write moving the position back from {from} to {to}", key.0, key.1);
+                (from != to).then_some((key, from, to))
+            })
+            .collect()
+    }
+}
+
 /// A destination for records.
 pub(crate) trait Sink {
     /// (Re)connects and returns where each partition resumes; a partition it has no position
     /// for starts at the log start.
     async fn open(&mut self, partitions: &[(String, i32)]) -> Result<Positions, ConnectError>;
-    /// Writes `records` and `positions` together (all or nothing).
-    async fn write(&mut self, records: &[SinkRecord], positions: &Positions) -> Result<Written, ConnectError>;
+    /// Writes `records` and the positions after them together (all or nothing); a sink that
+    /// finds it no longer holds `advance.from` commits nothing and returns
+    /// [`ConnectError::Fenced`].
+    async fn write(&mut self, records: &[SinkRecord], advance: &Advance<'_>) -> Result<Written, ConnectError>;
     /// Records per batch.
     fn batch_max(&self) -> usize;
     /// Metadata stored with the group commit; `Some` when the group commit is this sink's
@@ -84,37 +136,99 @@ pub(crate) async fn run(ctx: &mut TaskContext) -> Result<(), ConnectError> {
     }
 }
 
-/// The partitions of `topics` this task owns.
-fn assignment(ctx: &TaskContext) -> Result<Vec<(String, i32)>, ConnectError> {
-    let mut all = Vec::new();
-    for topic in &ctx.common.topics {
-        let metadata = ctx
-            .broker
-            .topic(topic)
-            .ok_or_else(|| ConnectError::InvalidConfig(format!("topic {topic:?} does not exist")))?;
-        all.extend((0..metadata.partitions).map(|p| (topic.clone(), p)));
+/// The task's share of partitions and the metadata it was computed from.
+struct Share {
+    partitions: assign::Assignment,
+    /// Listed topics that do not exist (logged when this changes, not at every refresh).
+    missing: Vec<String>,
+    applied_index: u64,
+}
+
+impl Share {
+    fn compute(ctx: &TaskContext) -> Share {
+        let image = ctx.broker.metadata();
+        Share {
+            partitions: assign::assignment(&image, &ctx.common, ctx.task_id, ctx.tasks),
+            missing: assign::missing_topics(&image, &ctx.common).into_iter().map(str::to_string).collect(),
+            applied_index: image.applied_index,
+        }
     }
-    all.sort();
-    Ok(all.into_iter().enumerate().filter(|(i, _)| *i as u32 % ctx.tasks == ctx.task_id).map(|(_, p)| p).collect())
+
+    fn start(ctx: &TaskContext) -> Share {
+        let share = Share::compute(ctx);
+        share.log_missing(ctx);
+        share
+    }
+
+    fn log_missing(&self, ctx: &TaskContext) {
+        if !self.missing.is_empty() {
+            ctx.log(format!("topics {:?} do not exist; their partitions are read once they do", self.missing));
+        }
+    }
+
+    /// Recomputes the share when the metadata changed since; true when the share changed.
+    fn refresh(&mut self, ctx: &TaskContext) -> bool {
+        if ctx.broker.metadata().applied_index == self.applied_index {
+            return false;
+        }
+        let next = Share::compute(ctx);
+        if next.missing != self.missing {
+            next.log_missing(ctx);
+        }
+        let changed = next.partitions != self.partitions;
+        if changed {
+            let shown: Vec<String> =
+                next.partitions.iter().take(LOGGED_PARTITIONS_MAX).map(|(t, p)| format!("{t}-{p}")).collect();
+            let more = next.partitions.len().saturating_sub(LOGGED_PARTITIONS_MAX);
+            ctx.log(format!(
+                "partitions reassigned: {} before, {} now ({}{})",
+                self.partitions.len(),
+                next.partitions.len(),
+                shown.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            ));
+            tracing::info!(connector = %ctx.common.name, task = ctx.task_id, partitions = next.partitions.len(), "sink task reassigned");
+        }
+        *self = next;
+        changed
+    }
+}
+
+/// Where the task stands: the positions read up to, and the ones the sink holds (the read
+/// position moves past control batches and aborted data without a write).
+struct Standing {
+    read: Positions,
+    committed: Positions,
+}
+
+impl Standing {
+    fn opened(positions: Positions) -> Standing {
+        Standing { committed: positions.clone(), read: positions }
+    }
 }
 
 async fn run_with<S: Sink>(ctx: &mut TaskContext, mut sink: S) -> Result<(), ConnectError> {
-    let partitions = assignment(ctx)?;
+    let mut share = Share::start(ctx);
     let mut module = Module::for_task(ctx).await?;
     let mut dead_letters = dead_letter::DeadLetters::new(ctx)?;
-    let mut positions = open(ctx, &mut sink, &partitions).await?;
+    let mut standing = Standing::opened(open(ctx, &mut sink, &share.partitions).await?);
     let mut appends = ctx.broker.subscribe_appends();
-    let mut attempt = 0;
+    let mut failures = Failures::default();
     let mut group_commit = GroupCommit::default();
     loop {
         if ctx.checkpoint_control().await == Control::Stop {
             return Ok(());
         }
-        let (records, next) = read_batch(ctx, &positions, sink.batch_max())?;
+        if share.refresh(ctx) {
+            // Between batches, so the previous one is committed: the new share resumes from
+            // what the sink stores, partitions it no longer owns are left to their new task.
+            standing = Standing::opened(open(ctx, &mut sink, &share.partitions).await?);
+        }
+        let (records, next) = read_batch(ctx, &standing.read, sink.batch_max())?;
         if records.is_empty() {
-            positions = next; // only control batches or aborted data were passed
-                              // Idle: a group commit skipped while another ran is made up now.
-            commit_group(ctx, &sink, &positions, &mut group_commit).await?;
+            standing.read = next; // only control batches or aborted data were passed
+                                  // Idle: a group commit skipped while another ran is made up now.
+            commit_group(ctx, &sink, &standing.read, &mut group_commit).await?;
             tokio::select! {
                 _ = appends.changed() => {}
                 _ = tokio::time::sleep(IDLE_WAIT) => {}
@@ -124,23 +238,53 @@ async fn run_with<S: Sink>(ctx: &mut TaskContext, mut sink: S) -> Result<(), Con
         }
         let count = records.len() as u64;
         let (records, mut rejected) = map_records(&mut module, records).await?;
-        match deliver(ctx, &mut sink, &mut dead_letters, records, &mut rejected, &next).await {
+        let advance = Advance { from: &standing.committed, to: &next };
+        match deliver(ctx, &mut sink, &mut dead_letters, records, &mut rejected, &advance).await {
             Ok(()) => {
-                attempt = 0;
-                positions = next;
-                commit_group(ctx, &sink, &positions, &mut group_commit).await?;
+                failures = Failures::default();
+                standing.committed.clone_from(&next);
+                standing.read = next;
+                commit_group(ctx, &sink, &standing.read, &mut group_commit).await?;
                 ctx.shared.add(count - rejected.len() as u64, rejected.len() as u64);
             }
-            Err(e) if e.is_retriable() && attempt < ctx.common.max_retries => {
-                attempt += 1;
+            Err(e) => {
+                failures.settle(ctx, e).await?;
+                // Whether the failed write committed is unknown: the sink says where it stands.
+                standing = Standing::opened(open(ctx, &mut sink, &share.partitions).await?);
+            }
+        }
+    }
+}
+
+/// Failed writes since the last committed one.
+#[derive(Default)]
+struct Failures {
+    retriable: u32,
+    fenced: u32,
+}
+
+impl Failures {
+    /// Decides whether the task goes on after `error` (waiting first when it should); the
+    /// caller then reopens the sink.
+    async fn settle(&mut self, ctx: &mut TaskContext, error: ConnectError) -> Result<(), ConnectError> {
+        match error {
+            ConnectError::Fenced(reason) if self.fenced < FENCED_REOPENS_MAX => {
+                // No wait: the other writer's commit is done, reopening reads past it.
+                self.fenced += 1;
+                ctx.log(format!("write fenced, reopening from the stored positions: {reason}"));
+                tracing::info!(connector = %ctx.common.name, task = ctx.task_id, %reason, "sink write fenced");
+                Ok(())
+            }
+            e if e.is_retriable() && self.retriable < ctx.common.max_retries => {
+                self.retriable += 1;
+                let attempt = self.retriable;
                 let wait = ctx.backoff(attempt);
                 ctx.log(format!("write failed (attempt {attempt}, retrying in {wait:?}): {e}"));
                 tracing::warn!(connector = %ctx.common.name, task = ctx.task_id, attempt, error = %e, "sink write failed; retrying");
                 ctx.sleep(wait).await;
-                // Whether the failed write committed is unknown: the sink says where it stands.
-                positions = open(ctx, &mut sink, &partitions).await?;
+                Ok(())
             }
-            Err(e) => return Err(e),
+            e => Err(e),
         }
     }
 }
@@ -186,8 +330,12 @@ fn read_batch(
         if records.len() >= max {
             break;
         }
-        let Some(slice) = log_io::read_from(&ctx.broker, topic, *partition, *position, log_io::READ_BYTES_MAX)? else {
-            continue;
+        let slice = match log_io::read_from(&ctx.broker, topic, *partition, *position, log_io::READ_BYTES_MAX) {
+            Ok(Some(slice)) => slice,
+            Ok(None) => continue,
+            // Its topic was deleted since the share was computed: the next refresh drops it.
+            Err(TransformError::UnknownPartition { .. }) => continue,
+            Err(e) => return Err(e.into()),
         };
         let (read, after) = decode_input(&slice, max - records.len())?;
         // Positions never move back (invariant of every partition's reader).
@@ -249,8 +397,10 @@ async fn deliver<S: Sink>(
     dead_letters: &mut dead_letter::DeadLetters,
     mut records: Vec<SinkRecord>,
     rejected: &mut Vec<(SinkRecord, String)>,
-    positions: &Positions,
+    advance: &Advance<'_>,
 ) -> Result<(), ConnectError> {
+    // A batch whose earlier delivery failed part-way is a new batch: its rejects are sent again.
+    dead_letters.reset();
     loop {
         if let Some((record, error)) = rejected.first() {
             if ctx.common.tolerance == Tolerance::None {
@@ -266,7 +416,7 @@ async fn deliver<S: Sink>(
             dead_letters.send(ctx, record, error)?;
         }
         dead_letters.flush(ctx).await?;
-        match sink.write(&records, positions).await? {
+        match sink.write(&records, advance).await? {
             Written::Committed => {
                 dead_letters.reset();
                 return Ok(());

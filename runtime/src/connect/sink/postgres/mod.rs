@@ -8,6 +8,11 @@
 //! in **one database transaction** (table `runnel_connect_offsets`), and a task resumes from
 //! that table — after a broker crash, a lost connection or a PostgreSQL restart alike, since a
 //! commit whose outcome is unknown is settled by reading the table again.
+//!
+//! Fencing: a batch moves a partition's stored position only from where the task read it
+//! (`UPDATE ... WHERE next_offset = from`), so of two tasks writing one partition at once (a
+//! rebalance in progress, or a task aborted with its commit in flight) only the first commits;
+//! the other's transaction is rolled back whole and it reopens from the stored position.
 
 mod apply;
 mod cells;
@@ -25,7 +30,7 @@ use self::cells::Rows;
 use self::check::TableInfo;
 use self::rows::{plan, InsertMode, Mapping, PkMode};
 use self::schema::TableRows;
-use super::{Positions, Sink, SinkRecord, Written};
+use super::{Advance, Positions, Sink, SinkRecord, Written};
 use crate::connect::config::{invalid, Settings};
 use crate::connect::pg::{classify, connect, quote, quote_table};
 use crate::connect::task::TaskContext;
@@ -201,7 +206,7 @@ impl Sink for PostgresSink {
         Ok(positions)
     }
 
-    async fn write(&mut self, records: &[SinkRecord], positions: &Positions) -> Result<Written, ConnectError> {
+    async fn write(&mut self, records: &[SinkRecord], advance: &Advance<'_>) -> Result<Written, ConnectError> {
         let batch = self.batch(records);
         if !batch.rejected.is_empty() {
             return Ok(Written::Rejected(batch.rejected));
@@ -257,7 +262,10 @@ impl Sink for PostgresSink {
                 }
             }
         }
-        write_offsets(&tx, &settings.offsets_table, connector, positions).await?;
+        if let Err(e) = write_offsets(&tx, &settings.offsets_table, connector, advance).await {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
         tx.commit().await.map_err(classify)?;
         Ok(Written::Committed)
     }
@@ -275,20 +283,49 @@ const CONFLICT_BACKOFF_BATCHES: u32 = 16;
 /// Staging names are unique per (table, segment): segments of a table are at most its rows.
 const SEGMENTS_PER_TABLE_MAX: usize = BATCH_SIZE_MAX as usize + 1;
 
+/// Moves the stored positions of the partitions the batch advanced, in the batch's
+/// transaction, and only from where this task stands (`advance.from`): a partition whose stored
+/// position is elsewhere, or that has a row when the task found none, was written by another
+/// task, and the write is [fenced](ConnectError::Fenced). Two writers racing on one row
+/// serialize on its lock; the second sees the first's committed position (READ COMMITTED
+/// re-checks the `WHERE` on the new row version; an `INSERT ... ON CONFLICT DO NOTHING` waits
+/// for the first's insert), so it matches nothing.
 async fn write_offsets(
     tx: &Transaction<'_>,
     table: &str,
     connector: &str,
-    positions: &Positions,
+    advance: &Advance<'_>,
 ) -> Result<(), ConnectError> {
-    let topics: Vec<&str> = positions.keys().map(|(t, _)| t.as_str()).collect();
-    let partitions: Vec<i32> = positions.keys().map(|(_, p)| *p).collect();
-    let offsets: Vec<i64> = positions.values().copied().collect();
+    let moved = advance.moved();
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = moved.iter().map(|((t, _), _, _)| t.as_str()).collect();
+    let partitions: Vec<i32> = moved.iter().map(|((_, p), _, _)| *p).collect();
+    let from: Vec<i64> = moved.iter().map(|(_, from, _)| *from).collect();
+    let to: Vec<i64> = moved.iter().map(|(_, _, to)| *to).collect();
+    // One round trip. Every part of the statement sees one snapshot: `added` inserts rows the
+    // snapshot lacks, `moved` updates the rows it has that still stand at `from`.
     let statement = format!(
-        "INSERT INTO {table} (connector, topic, partition, next_offset) \
-         SELECT $1, t, p, o FROM unnest($2::text[], $3::int4[], $4::int8[]) AS u(t, p, o) \
-         ON CONFLICT (connector, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+        "WITH u AS (SELECT * FROM unnest($2::text[], $3::int4[], $4::int8[], $5::int8[]) AS u(t, p, f, n)), \
+         moved AS (UPDATE {table} o SET next_offset = u.n, updated_at = now() FROM u \
+           WHERE o.connector = $1 AND o.topic = u.t AND o.partition = u.p AND o.next_offset = u.f RETURNING 1), \
+         added AS (INSERT INTO {table} (connector, topic, partition, next_offset) SELECT $1, u.t, u.p, u.n FROM u \
+           WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE o.connector = $1 AND o.topic = u.t AND o.partition = u.p) \
+           ON CONFLICT DO NOTHING RETURNING 1) \
+         SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM added)"
     );
-    tx.execute(&statement, &[&connector, &topics, &partitions, &offsets]).await.map_err(classify)?;
+    let row = tx.query_one(&statement, &[&connector, &topics, &partitions, &from, &to]).await.map_err(classify)?;
+    let written: i64 = row.try_get(0).map_err(classify)?;
+    if written != moved.len() as i64 {
+        let names: Vec<String> = moved.iter().map(|((t, p), f, _)| format!("{t}-{p}@{f}")).collect();
+        return Err(ConnectError::Fenced(format!(
+            "the stored positions of {connector} are no longer where this task read them for {} of {} partitions \
+             ({}); another task committed them",
+            moved.len() as i64 - written,
+            moved.len(),
+            names.join(", ")
+        )));
+    }
     Ok(())
 }
