@@ -219,3 +219,15 @@ def kafka_python_consume(bootstrap: str, topic: str, partitions: Iterable[int], 
         return out
     finally:
         consumer.close()
+
+
+def wait_until(what: str, predicate, timeout_s: float = 60.0, interval_s: float = 0.2):
+    """Polls `predicate` until it returns something truthy (returned), or fails naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what} (last: {last!r})"
+        time.sleep(interval_s)

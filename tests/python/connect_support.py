@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
+import clients
 from runnel_harness import free_ports
 
 WAIT_S = 90
@@ -135,14 +136,8 @@ def connector_status(broker, name: str) -> dict:
 
 
 def wait_until(what: str, predicate, timeout_s: float = WAIT_S, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what} (last: {last!r})"
-        time.sleep(interval_s)
+    """`clients.wait_until` with the connectors' longer default wait."""
+    return clients.wait_until(what, predicate, timeout_s=timeout_s, interval_s=interval_s)
 
 
 def wait_running(broker, name: str) -> dict:

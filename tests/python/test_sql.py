@@ -15,9 +15,16 @@ from collections import defaultdict
 
 from confluent_kafka import Producer
 
-from clients import consume_partitions, create_topic, flush_all, produce_or_wait, producer_config, unique_topic
+from clients import (
+    consume_partitions,
+    create_topic,
+    flush_all,
+    produce_or_wait,
+    producer_config,
+    unique_topic,
+    wait_until,
+)
 
-WAIT_S = 60
 
 
 def sql_http(broker, statement: str, expect_status: int = 200, **options) -> tuple[int, dict, dict]:
@@ -47,15 +54,6 @@ def runnel_sql(runnel_bin, broker, *args, check=True):
         assert result.returncode == 0, f"runnel sql {args} failed: {result.stderr}"
     return result
 
-
-def wait_until(what: str, predicate, timeout_s: float = WAIT_S):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.2)
 
 
 def produce(broker, topic: str, records: list[tuple[int, bytes | None, bytes]], partition: int | None = None):

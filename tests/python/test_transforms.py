@@ -18,12 +18,19 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from clients import consume_partitions, create_topic, flush_all, produce_or_wait, producer_config, unique_topic
+from clients import (
+    consume_partitions,
+    create_topic,
+    flush_all,
+    produce_or_wait,
+    producer_config,
+    unique_topic,
+    wait_until,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DIST = REPO / "plugins" / "dist"
 FIXTURES = REPO / "tests" / "fixtures" / "wasm"
-WAIT_S = 60
 
 
 def module(name: str) -> pathlib.Path:
@@ -47,15 +54,6 @@ def describe(broker, name: str) -> dict:
     with urllib.request.urlopen(f"{broker.admin_url}/v1/transforms/{name}", timeout=5) as response:
         return json.loads(response.read())
 
-
-def wait_until(what: str, predicate, timeout_s: float = WAIT_S):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.1)
 
 
 def read_all(broker, topic: str, partitions: int) -> list:
