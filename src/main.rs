@@ -79,6 +79,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    runnel_broker::alloc::tune_system_allocator();
     let cli = Cli::parse();
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -200,6 +200,19 @@ fn consumer(args: &BenchArgs, topic: &str, offset: Offset, partitions: &[i32]) -
     Ok(consumer)
 }
 
+/// Records in `topic` now: the sum over its partitions of high watermark minus log start.
+pub(crate) fn records_in(args: &BenchArgs, topic: &str) -> anyhow::Result<u64> {
+    let consumer = consumer(args, topic, Offset::Beginning, &[])?;
+    let mut total = 0u64;
+    for partition in 0..args.partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .with_context(|| format!("reading the offsets of {topic}-{partition}"))?;
+        total += u64::try_from(high - low).unwrap_or(0);
+    }
+    Ok(total)
+}
+
 /// Reads `args.records` records from the beginning of `topic`, the partitions split over
 /// `args.clients` consumers.
 pub(crate) fn consume(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughput> {

@@ -19,6 +19,7 @@ mod transform;
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 
 pub use ceiling::measure_ceiling;
@@ -27,7 +28,7 @@ pub use ceiling::measure_ceiling;
 pub enum BenchCommand {
     /// Produce throughput (MB/s, records/s) and its ratio to the ceiling
     Produce(BenchArgs),
-    /// Consume throughput from the start of a topic and its ratio to the ceiling
+    /// Consume throughput from the start of a topic and its ratio to the ceiling (fills the topic first; a `--topic` that already holds `--records` is read as it is)
     Consume(BenchArgs),
     /// End-to-end latency (produce → consume) at a fixed rate: p50/p99/p999
     E2e(E2eArgs),
@@ -156,7 +157,12 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Consume(args) => {
             let ceiling = report_ceiling(&args)?;
             let topic = kafka::prepare_topic(&args)?;
-            kafka::produce(&args, &topic)?;
+            // A named topic that already holds the records is read as it is, so the consume
+            // can be measured (or profiled) apart from the produce that filled it.
+            let present = if args.topic.is_some() { kafka::records_in(&args, &topic)? } else { 0 };
+            if present < args.records {
+                kafka::produce(&BenchArgs { records: args.records - present, ..args.clone() }, &topic)?;
+            }
             let result = kafka::consume(&args, &topic)?;
             report("consume", &args, result, ceiling);
         }
@@ -255,9 +261,26 @@ fn report_plain(name: &str, args: &BenchArgs, result: Throughput) {
     );
 }
 
+/// Ceiling runs per benchmark; the fastest counts.
+const CEILING_RUNS: usize = 3;
+
+/// The machine's ceiling as the best of [`CEILING_RUNS`] runs: whatever else the machine does
+/// (page-cache writeback of the broker's data, other processes) only ever slows a run down, so
+/// the fastest is the truest figure of what it can do — and the one that makes every ratio
+/// against it the least flattering.
 fn report_ceiling(args: &BenchArgs) -> anyhow::Result<Throughput> {
-    let ceiling = measure_ceiling(args.records * args.record_size as u64)?;
-    println!("ceiling: {:.1} MB/s through loopback TCP into a file ({} bytes)", ceiling.mb_per_s(), ceiling.bytes);
+    let mut runs = Vec::with_capacity(CEILING_RUNS);
+    for _ in 0..CEILING_RUNS {
+        runs.push(measure_ceiling(args.records * args.record_size as u64)?);
+    }
+    let all: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.mb_per_s())).collect();
+    let ceiling = runs.into_iter().max_by(|a, b| a.mb_per_s().total_cmp(&b.mb_per_s())).context("no ceiling run")?;
+    println!(
+        "ceiling: {:.1} MB/s through loopback TCP into a file ({} bytes; best of {CEILING_RUNS} runs: {} MB/s)",
+        ceiling.mb_per_s(),
+        ceiling.bytes,
+        all.join(", ")
+    );
     Ok(ceiling)
 }
 

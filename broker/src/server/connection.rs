@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::handlers::{self, Reply};
+use super::sendfile;
 use crate::metrics::ApiLabels;
+use crate::protocol::fetch_frame::Piece;
 use crate::protocol::frame::{self, MIN_REQUEST_BYTES};
 use crate::Broker;
 
@@ -121,10 +123,10 @@ async fn read_frame_body(
 async fn write_responses(broker: Arc<Broker>, writer: OwnedWriteHalf, mut pending: mpsc::Receiver<Pending>) {
     let mut writer = BufWriter::new(writer);
     while let Some(item) = pending.recv().await {
-        let response: Vec<Bytes> = match item.reply {
-            Reply::Ready(bytes) => vec![bytes],
+        let response: Vec<Piece> = match item.reply {
+            Reply::Ready(bytes) => vec![Piece::Bytes(bytes)],
             Reply::Pieces(pieces) => pieces,
-            Reply::Later(future) => vec![future.await],
+            Reply::Later(future) => vec![Piece::Bytes(future.await)],
             Reply::None => Vec::new(),
         };
         let labels = ApiLabels { api: item.api };
@@ -132,7 +134,23 @@ async fn write_responses(broker: Arc<Broker>, writer: OwnedWriteHalf, mut pendin
         broker.metrics.request_seconds.get_or_create(&labels).observe(item.started.elapsed().as_secs_f64());
         for piece in response {
             broker.metrics.bytes_out.inc_by(piece.len() as u64);
-            if writer.write_all(&piece).await.is_err() {
+            let sent = match piece {
+                Piece::Bytes(bytes) => writer.write_all(&bytes).await,
+                // Records still in a segment go from the page cache to the socket, after
+                // whatever is buffered ahead of them.
+                Piece::File(slice) => match writer.flush().await {
+                    Ok(()) => {
+                        sendfile::send_file(writer.get_ref().as_ref(), slice.file(), slice.position(), slice.len())
+                            .await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = sent {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    // The frame is short now; closing is the only way the client can tell.
+                    tracing::warn!(error = %e, "segment shrank under a fetch response; closing connection");
+                }
                 return;
             }
         }

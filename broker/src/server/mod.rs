@@ -5,6 +5,7 @@
 mod admin_http;
 mod connection;
 mod handlers;
+mod sendfile;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -62,9 +63,17 @@ pub async fn respond_to(
     frame: bytes::Bytes,
 ) -> Result<Option<bytes::Bytes>, crate::protocol::frame::FrameError> {
     let request = crate::protocol::frame::decode_request(frame)?;
+    let (api, version) = (request.api_key, request.api_version);
     Ok(match handlers::dispatch(broker, request).await? {
         handlers::Reply::Ready(bytes) => Some(bytes),
-        handlers::Reply::Pieces(pieces) => Some(pieces.concat().into()),
+        // A segment that vanished between the fetch and this read fails the request, as it
+        // would fail the send on a connection.
+        handlers::Reply::Pieces(pieces) => {
+            Some(
+                crate::protocol::fetch_frame::concat(pieces)
+                    .map_err(|e| crate::protocol::frame::FrameError::Encode { api, version, message: e.to_string() })?,
+            )
+        }
         handlers::Reply::Later(future) => Some(future.await),
         handlers::Reply::None => None,
     })

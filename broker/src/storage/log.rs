@@ -26,7 +26,8 @@ pub struct AppendInfo {
     pub log_start_offset: i64,
 }
 
-/// A byte range of one segment to send to a consumer, read after the log lock is released.
+/// A byte range of one segment to send to a consumer, read (or sent straight from the file)
+/// after the log lock is released. It holds whole batches only.
 #[derive(Debug, Clone)]
 pub struct FetchSlice {
     file: Arc<File>,
@@ -38,6 +39,30 @@ pub struct FetchSlice {
 }
 
 impl FetchSlice {
+    /// Bytes in the slice.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// The segment file the bytes are in (kept open by the slice: retention or the cleaner
+    /// may unlink the file meanwhile, and the bytes stay readable through this handle).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Where the bytes start in [`Self::file`].
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Reads the slice and trims a trailing partial batch, so clients receive whole batches.
     pub fn read(&self) -> Result<Bytes> {
         // Empty when the fresh descriptor is unusable, so the read below goes through the
@@ -348,9 +373,15 @@ impl PartitionLog {
         let first = starts.first().copied().unwrap_or(self.log_start_offset);
         for (_, segment) in self.segments.range_mut(first..) {
             if let Some(at) = segment.find_batch(offset)? {
-                let available = (segment.size - at.position) as usize;
                 let first_batch_bytes = at.header.total_bytes();
-                let bytes = available.min(max_bytes.max(first_batch_bytes));
+                // Whole batches only, so the bytes can be sent straight from the file: to the
+                // segment's end when that is within `max_bytes` (a segment holds whole
+                // batches), else to the last batch boundary within it (KIP-74: at least the
+                // first batch).
+                let limit = at.position.saturating_add(max_bytes as u64);
+                let end =
+                    if segment.size <= limit { segment.size } else { segment.whole_batches_end(at.position, limit)? };
+                let bytes = (end - at.position) as usize;
                 return Ok(Some(FetchSlice {
                     file: Arc::clone(&segment.log),
                     path: segment.log_path().to_path_buf(),

@@ -280,6 +280,29 @@ impl Segment {
         Ok(None)
     }
 
+    /// The end of the last whole batch that starts at or after `from` (a batch start) and ends
+    /// at or before `limit`; the end of the batch at `from` when even that one runs past
+    /// `limit`. Headers are read from the offset index's last entry at or below `limit`
+    /// onwards, so the walk covers at most about one index interval of batches.
+    pub(crate) fn whole_batches_end(&mut self, from: u64, limit: u64) -> Result<u64> {
+        let first_end = from + self.read_header(from)?.total_bytes() as u64;
+        if first_end >= limit {
+            return Ok(first_end);
+        }
+        let entries = self.offset_index();
+        let at = entries.partition_point(|e| u64::from(e.position) <= limit);
+        let mut position =
+            at.checked_sub(1).map(|i| u64::from(entries[i].position)).filter(|p| *p > first_end).unwrap_or(first_end);
+        while position < self.size {
+            let end = position + self.read_header(position)?.total_bytes() as u64;
+            if end > limit {
+                break;
+            }
+            position = end;
+        }
+        Ok(position)
+    }
+
     /// Where to start looking for the first record at or after `timestamp`.
     pub(crate) fn time_search_start(&self, timestamp: i64) -> i64 {
         index::last_before_timestamp(&self.times, timestamp)

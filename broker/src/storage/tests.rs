@@ -83,6 +83,49 @@ fn appends_roll_segments_and_read_back_from_any_offset() {
 }
 
 #[test]
+fn a_fetch_slice_is_the_whole_batches_that_fit_for_any_offset_and_max() {
+    // Seeded batch sizes from 70 bytes to 3 KB, one 1 MB segment, an index entry every 256
+    // bytes: the slice must end on exactly the boundary a walk over every batch finds.
+    for seed in 0..8u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(1_000));
+        let mut log = open(dir.path(), config(1 << 20), &clock);
+        let mut rng = Rng(seed);
+        let mut batches = Vec::new(); // (base offset, start position, bytes, records)
+        let mut position = 0usize;
+        for i in 0..300 {
+            let records = 1 + rng.below(4) as i32;
+            let value = vec![b'v'; rng.below(3_000) as usize];
+            let batch = sample_batch(records, i, &value);
+            let info = log.append(&batch).expect("append");
+            batches.push((info.base_offset, position, batch.len(), records));
+            position += batch.len();
+        }
+        assert_eq!(log.segment_count(), 1, "seed {seed}: one segment");
+        for _ in 0..200 {
+            let at = rng.below(batches.len() as u64) as usize;
+            let (base, start, first, records) = batches[at];
+            let offset = base + rng.below(records as u64) as i64;
+            let max = rng.below(40_000) as usize;
+            let mut expected = first;
+            for (_, _, len, _) in &batches[at + 1..] {
+                if expected + len > max {
+                    break;
+                }
+                expected += len;
+            }
+            let slice = log.read(offset, max).expect("read").expect("data");
+            assert_eq!(slice.position(), start as u64, "seed {seed}: slice starts at the batch");
+            assert_eq!(slice.len(), expected, "seed {seed}: offset {offset}, max {max}");
+            let bytes = slice.read().expect("reads");
+            assert_eq!(bytes.len(), expected, "nothing trimmed: the slice was whole batches");
+            let served = crate::protocol::batch::split_batches(&bytes).expect("whole batches");
+            assert_eq!(served.first().map(|(h, _)| h.base_offset), Some(base));
+        }
+    }
+}
+
+#[test]
 fn reopen_keeps_everything_and_continues_offsets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(ManualClock::new(1_000));

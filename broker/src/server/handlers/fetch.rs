@@ -15,6 +15,7 @@ use super::{storage_error_code, text, Reply};
 use crate::protocol::batch::{peek_batch_bytes, BatchHeader};
 use crate::protocol::fetch_frame::encode_fetch_response;
 use crate::protocol::frame::{decode_body, FrameError, RequestFrame};
+use crate::storage::FetchSlice;
 use crate::Broker;
 
 /// Longest wait a client may ask for; keeps a hostile `max_wait_ms` from pinning a connection.
@@ -29,10 +30,10 @@ pub(super) async fn handle(broker: &Arc<Broker>, request: &RequestFrame) -> Resu
     // Subscribe before the first read so an append between read and wait is not missed.
     let mut appended = broker.subscribe_appends();
     loop {
-        let (response, bytes, any_error) = read_once(broker, &body, version);
+        let (response, files, bytes, any_error) = read_once(broker, &body, version);
         let now = tokio::time::Instant::now();
         if bytes >= min_bytes.max(1) || any_error || now >= deadline {
-            return respond_pieces(request, response);
+            return respond_pieces(request, response, files);
         }
         appended.borrow_and_update();
         let woken = tokio::select! {
@@ -41,20 +42,31 @@ pub(super) async fn handle(broker: &Arc<Broker>, request: &RequestFrame) -> Resu
             () = broker.stopping() => false,
         };
         if !woken {
-            let (response, _, _) = read_once(broker, &body, version);
-            return respond_pieces(request, response);
+            let (response, files, _, _) = read_once(broker, &body, version);
+            return respond_pieces(request, response, files);
         }
     }
 }
 
-fn respond_pieces(request: &RequestFrame, response: FetchResponse) -> Result<Reply, FrameError> {
-    encode_fetch_response(request.header.correlation_id, request.api_version, response).map(Reply::Pieces)
+fn respond_pieces(
+    request: &RequestFrame,
+    response: FetchResponse,
+    files: Vec<Option<FetchSlice>>,
+) -> Result<Reply, FrameError> {
+    encode_fetch_response(request.header.correlation_id, request.api_version, response, files).map(Reply::Pieces)
 }
 
-/// Builds one response from the log as it is now; returns it, the record bytes it carries,
-/// and whether any partition failed (errors are returned at once, not waited on).
-fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+/// Builds one response from the log as it is now; returns it, the segment slices that hold
+/// each partition's records (in response order; sent from the file, never read here), the
+/// record bytes it carries, and whether any partition failed (errors are returned at once,
+/// not waited on).
+fn read_once(
+    broker: &Broker,
+    body: &FetchRequest,
+    version: i16,
+) -> (FetchResponse, Vec<Option<FetchSlice>>, usize, bool) {
     let mut response = FetchResponse::default();
+    let mut files = Vec::new();
     let mut remaining = if version >= 3 { body.max_bytes.max(0) as usize } else { usize::MAX };
     let mut total = 0;
     let mut any_error = false;
@@ -85,6 +97,7 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
                 };
                 any_error = true;
                 topic_response.partitions.push(data);
+                files.push(None);
                 continue;
             };
             // The only leader epoch on a single node is 0.
@@ -92,6 +105,7 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
                 data.error_code = ResponseError::UnknownLeaderEpoch.code();
                 any_error = true;
                 topic_response.partitions.push(data);
+                files.push(None);
                 continue;
             }
             let partition_max = (requested.partition_max_bytes.max(0) as usize).min(remaining);
@@ -115,21 +129,30 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
                     log.read(requested.fetch_offset, max)
                 }
             };
-            let slice = slice.and_then(|s| s.map(|s| s.read()).transpose());
-            let slice = match slice {
-                Ok(Some(records)) if read_committed && !plain_view => {
-                    let (stable, aborted) =
-                        committed_view(&partition, records, requested.fetch_offset, data.last_stable_offset);
-                    data.aborted_transactions = Some(aborted);
-                    Ok(Some(stable).filter(|r| !r.is_empty()))
-                }
-                other => other,
-            };
+            let mut file = None;
             match slice {
-                Ok(Some(records)) => {
-                    total += records.len();
-                    remaining = remaining.saturating_sub(records.len());
-                    data.records = Some(records);
+                // read_committed over aborted or open transactions: the stable batches are
+                // picked out in memory.
+                Ok(Some(slice)) if read_committed && !plain_view => match slice.read() {
+                    Ok(records) => {
+                        let (stable, aborted) =
+                            committed_view(&partition, records, requested.fetch_offset, data.last_stable_offset);
+                        data.aborted_transactions = Some(aborted);
+                        total += stable.len();
+                        remaining = remaining.saturating_sub(stable.len());
+                        data.records = Some(stable);
+                    }
+                    Err(e) => {
+                        data.error_code = storage_error_code(&e);
+                        any_error = true;
+                        tracing::debug!(topic = %partition.topic, partition = partition.index, error = %e, "fetch failed");
+                    }
+                },
+                Ok(Some(slice)) => {
+                    total += slice.len();
+                    remaining = remaining.saturating_sub(slice.len());
+                    data.records = Some(Default::default());
+                    file = Some(slice);
                 }
                 Ok(None) => data.records = Some(Default::default()),
                 Err(e) => {
@@ -142,10 +165,11 @@ fn read_once(broker: &Broker, body: &FetchRequest, version: i16) -> (FetchRespon
                 data.aborted_transactions = Some(Vec::new());
             }
             topic_response.partitions.push(data);
+            files.push(file);
         }
         response.responses.push(topic_response);
     }
-    (response, total, any_error)
+    (response, files, total, any_error)
 }
 
 /// For read_committed: keeps the whole batches below the last stable offset and lists the

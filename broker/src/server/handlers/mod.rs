@@ -33,8 +33,9 @@ use crate::Broker;
 /// What to send back for one request.
 pub(crate) enum Reply {
     Ready(Bytes),
-    /// A frame in pieces, written in order (fetch responses send records from their buffers).
-    Pieces(Vec<Bytes>),
+    /// A frame in pieces, written in order (fetch responses send records from their buffers,
+    /// or from the segment files).
+    Pieces(Vec<crate::protocol::fetch_frame::Piece>),
     /// Sent when the future resolves (acks=all waits for fsync); order is kept by the writer.
     Later(Pin<Box<dyn Future<Output = Bytes> + Send>>),
     /// acks=0 produce: Kafka sends nothing back.
@@ -175,7 +176,7 @@ pub(crate) mod test_support {
         let reply = dispatch(broker, frame(api, version, body)).await.expect("handled");
         let mut bytes = match reply {
             Reply::Ready(bytes) => bytes,
-            Reply::Pieces(pieces) => pieces.concat().into(),
+            Reply::Pieces(pieces) => crate::protocol::fetch_frame::concat(pieces).expect("file pieces read"),
             Reply::Later(future) => future.await,
             Reply::None => panic!("no response"),
         };
