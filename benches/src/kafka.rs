@@ -267,47 +267,59 @@ pub(crate) fn consume(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughpu
 const E2E_RECORDS_PER_CALL: u64 = 64;
 
 /// Produces at `rate` records/s with the send time in each value, consumes concurrently, and
-/// records each record's produce-to-consume latency.
+/// records each record's produce-to-consume latency. `args.clients` producers share the rate
+/// (each sends to every partition in turn) and as many consumers share the partitions, as in
+/// the throughput runs, so the rate a run asks for is one those clients can carry.
 pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Result<Latency> {
-    let all: Vec<i32> = (0..args.partitions).collect();
-    let consumer = consumer(args, topic, Offset::End, &all)?;
-    let mut batch = BatchConsumer::new(&consumer)?;
-    // Let the consumer reach the end before anything is sent, so nothing is missed.
-    let warmup = Instant::now();
-    while warmup.elapsed() < Duration::from_secs(2) {
-        batch.poll(Duration::from_millis(50), |_| {})?;
-    }
+    let clients = (args.clients.max(1) as usize).min(args.partitions.max(1) as usize);
+    let shares: Vec<Vec<i32>> =
+        (0..clients).map(|c| (0..args.partitions).filter(|p| *p as usize % clients == c).collect()).collect();
     let records = args.records;
-    let producer_args = args.clone();
-    let topic_name = topic.to_string();
-    let sender = std::thread::spawn(move || send_paced(&producer_args, &topic_name, records, rate));
-    let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let received = AtomicU64::new(0);
+    // Every consumer has reached the end of its partitions before anything is sent.
+    let ready = std::sync::Barrier::new(clients + 1);
     let bar = progress(records, "e2e");
-    let mut received = 0u64;
-    let mut last_progress = Instant::now();
-    while received < records {
-        let mut failure = None;
-        let n = batch.poll(Duration::from_millis(100), |value| {
-            let Some(stamp) = value.get(..8) else { return };
-            let stamp = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
-            let latency = now_us().saturating_sub(stamp).max(1);
-            if let Err(e) = histogram.record(latency.min(60_000_000)) {
-                failure.get_or_insert(e);
-            }
-        });
-        let n = n.with_context(|| format!("after {received} records"))?;
-        if let Some(e) = failure {
-            return Err(e.into());
+    let histograms = std::thread::scope(|scope| -> anyhow::Result<Vec<hdrhistogram::Histogram<u64>>> {
+        let consumers: Vec<_> = shares
+            .iter()
+            .map(|partitions| {
+                let (received, ready, bar) = (&received, &ready, &bar);
+                scope.spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+                    let warmed = consumer(args, topic, Offset::End, partitions).and_then(|consumer| {
+                        let warmup = Instant::now();
+                        let mut batch = BatchConsumer::new(&consumer)?;
+                        while warmup.elapsed() < Duration::from_secs(2) {
+                            batch.poll(Duration::from_millis(50), |_| {})?;
+                        }
+                        drop(batch);
+                        Ok(consumer)
+                    });
+                    ready.wait();
+                    measure_latency(&warmed?, records, received, bar)
+                })
+            })
+            .collect();
+        ready.wait();
+        let senders: Vec<_> = (0..clients as u64)
+            .map(|client| {
+                let share = records / clients as u64 + u64::from(client < records % clients as u64);
+                let share_rate = (rate / clients as u64 + u64::from(client < rate % clients as u64)).max(1);
+                scope.spawn(move || send_paced(args, topic, share, share_rate, client as i32))
+            })
+            .collect();
+        for sender in senders {
+            sender.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
         }
-        if n > 0 {
-            received += n as u64;
-            last_progress = Instant::now();
-            bar.set_position(received);
-        }
-        anyhow::ensure!(last_progress.elapsed() < STALL_TIMEOUT, "consumer stalled at {received} records");
-    }
+        consumers
+            .into_iter()
+            .map(|c| c.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))?)
+            .collect()
+    })?;
     bar.finish_and_clear();
-    sender.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for part in &histograms {
+        histogram.add(part)?;
+    }
     Ok(Latency {
         p50_us: histogram.value_at_quantile(0.50),
         p99_us: histogram.value_at_quantile(0.99),
@@ -317,17 +329,54 @@ pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Re
     })
 }
 
-/// The e2e sender: whenever records are due at `rate`, stamps up to [`E2E_RECORDS_PER_CALL`]
+/// One e2e consumer: the latency of every record it reads, until all consumers together have
+/// read `records`.
+fn measure_latency(
+    consumer: &BaseConsumer,
+    records: u64,
+    received: &AtomicU64,
+    bar: &ProgressBar,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let mut batch = BatchConsumer::new(consumer)?;
+    let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut last_progress = Instant::now();
+    let mut total = 0;
+    while total < records {
+        let mut failure = None;
+        let n = batch.poll(Duration::from_millis(50), |value| {
+            let Some(stamp) = value.get(..8) else { return };
+            let stamp = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
+            let latency = now_us().saturating_sub(stamp).max(1);
+            if let Err(e) = histogram.record(latency.min(60_000_000)) {
+                failure.get_or_insert(e);
+            }
+        });
+        let n = n.with_context(|| format!("after {total} records"))?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        let before = total;
+        total = received.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if total > before {
+            last_progress = Instant::now();
+            bar.set_position(total.min(records));
+        }
+        anyhow::ensure!(last_progress.elapsed() < STALL_TIMEOUT, "consumer stalled at {total} records");
+    }
+    Ok(histogram)
+}
+
+/// An e2e sender: whenever records are due at `rate`, stamps up to [`E2E_RECORDS_PER_CALL`]
 /// of them with the time now and hands them to librdkafka (which copies them) in one call,
-/// partitions in turn; `linger.ms=0`.
-fn send_paced(args: &BenchArgs, topic: &str, records: u64, rate: u64) -> anyhow::Result<()> {
+/// partitions in turn from `first_partition`; `linger.ms=0`.
+fn send_paced(args: &BenchArgs, topic: &str, records: u64, rate: u64, first_partition: i32) -> anyhow::Result<()> {
     let producer = producer(args, "0")?;
     let mut batch = BatchProducer::new(&producer, topic)?;
     let size = args.record_size.max(8);
     let template = payload(size);
     let mut values: Vec<u8> = template.iter().copied().cycle().take(size * E2E_RECORDS_PER_CALL as usize).collect();
     let partitions = args.partitions.max(1);
-    let mut partition = 0;
+    let mut partition = first_partition % partitions;
     let started = Instant::now();
     let mut sent = 0u64;
     while sent < records {

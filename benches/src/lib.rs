@@ -30,9 +30,9 @@ pub enum BenchCommand {
     Produce(BenchArgs),
     /// Consume throughput from the start of a topic and its ratio to the ceiling (fills the topic first; a `--topic` that already holds `--records` is read as it is)
     Consume(BenchArgs),
-    /// End-to-end latency (produce → consume) at a fixed rate: p50/p99/p999
+    /// End-to-end latency (produce → consume) at a fixed rate: p50/p99/p999 (`--clients` producers share the rate, as many consumers the partitions)
     E2e(E2eArgs),
-    /// Everything in one run: ceiling, produce acks=1 and acks=all, consume, e2e at half peak
+    /// Everything in one run: ceiling, produce acks=1 and acks=all, consume, e2e at half of the lower of the produce and consume peaks
     All(BenchArgs),
     /// Consumer-group throughput: the same topic read by groups of each size in `--members`
     Group(GroupArgs),
@@ -193,7 +193,8 @@ fn run_all(args: BenchArgs) -> anyhow::Result<()> {
     let topic_all = kafka::prepare_topic(&acks_all)?;
     let produce_all = kafka::produce(&acks_all, &topic_all)?;
     report("produce acks=all", &acks_all, produce_all, ceiling);
-    let half_peak = (produce1.records_per_s() / 2.0).max(1.0) as u64;
+    // A record's end-to-end trip needs both sides: the pipeline's peak is the lower of the two.
+    let half_peak = (produce1.records_per_s().min(consume.records_per_s()) / 2.0).max(1.0) as u64;
     let e2e_args =
         BenchArgs { acks: Acks::One, topic: None, records: args.records.min(half_peak * 10), ..args.clone() };
     let topic_e2e = kafka::prepare_topic(&e2e_args)?;
