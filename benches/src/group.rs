@@ -10,6 +10,7 @@ use anyhow::Context;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use crate::kafka::Overrides as _;
 use crate::{BenchArgs, Throughput};
 
 /// Every wait ends: a stuck rebalance fails the run instead of hanging it.
@@ -36,6 +37,7 @@ fn member(args: &BenchArgs, group: &str, topic: &str) -> anyhow::Result<BaseCons
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760")
         .set("session.timeout.ms", "10000")
+        .extend_from(&args.client_config)
         .create()
         .context("creating group member")?;
     consumer.subscribe(&[topic]).context("subscribing")?;

@@ -20,6 +20,20 @@ use crate::{BenchArgs, Latency, Throughput};
 /// Every wait in the benchmark ends: a stuck broker fails the run instead of hanging it.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The `-X KEY=VALUE` overrides, applied last.
+pub(crate) trait Overrides {
+    fn extend_from(&mut self, properties: &[(String, String)]) -> &mut Self;
+}
+
+impl Overrides for ClientConfig {
+    fn extend_from(&mut self, properties: &[(String, String)]) -> &mut Self {
+        for (key, value) in properties {
+            self.set(key, value);
+        }
+        self
+    }
+}
+
 struct Counting {
     delivered: AtomicU64,
     failed: AtomicU64,
@@ -112,6 +126,7 @@ fn producer(args: &BenchArgs, linger_ms: &str) -> anyhow::Result<BaseProducer<Co
         // flush without one. Saves a callback per record in the client.
         .set("delivery.report.only.error", "true")
         .set("enable.idempotence", "false")
+        .extend_from(&args.client_config)
         .create_with_context(context)
         .context("creating producer")
 }
@@ -190,6 +205,7 @@ fn consumer(args: &BenchArgs, topic: &str, offset: Offset, partitions: &[i32]) -
         .set("queued.max.messages.kbytes", "1048576")
         .set("fetch.queue.backoff.ms", "5")
         .set("socket.receive.buffer.bytes", "4194304")
+        .extend_from(&args.client_config)
         .create()
         .context("creating consumer")?;
     let mut assignment = TopicPartitionList::new();
@@ -310,10 +326,7 @@ pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Re
         for sender in senders {
             sender.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
         }
-        consumers
-            .into_iter()
-            .map(|c| c.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))?)
-            .collect()
+        consumers.into_iter().map(|c| c.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))?).collect()
     })?;
     bar.finish_and_clear();
     let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;

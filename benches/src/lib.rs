@@ -88,6 +88,17 @@ pub struct BenchArgs {
     /// split between them): one client's per-record cost can cap a run before the broker does
     #[arg(long, default_value_t = 2)]
     pub clients: u32,
+    /// librdkafka property for every producer and consumer the run creates, `KEY=VALUE`
+    /// (like kcat's -X); applied after the benchmark's own settings, so it overrides them
+    #[arg(short = 'X', long = "client-config", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub client_config: Vec<(String, String)>,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -132,20 +132,29 @@ async fn write_responses(broker: Arc<Broker>, writer: OwnedWriteHalf, mut pendin
         let labels = ApiLabels { api: item.api };
         broker.metrics.requests.get_or_create(&labels).inc();
         broker.metrics.request_seconds.get_or_create(&labels).observe(item.started.elapsed().as_secs_f64());
-        for piece in response {
-            broker.metrics.bytes_out.inc_by(piece.len() as u64);
-            let sent = match piece {
-                Piece::Bytes(bytes) => writer.write_all(&bytes).await,
-                // Records still in a segment go from the page cache to the socket, after
-                // whatever is buffered ahead of them.
-                Piece::File(slice) => match writer.flush().await {
+        let mut pieces = response.into_iter().peekable();
+        while pieces.peek().is_some() {
+            // Consecutive in-memory pieces go out in one vectored write; a file piece follows
+            // whatever is buffered ahead of it, straight from the page cache.
+            let mut run = Vec::new();
+            while let Some(Piece::Bytes(_)) = pieces.peek() {
+                if let Some(Piece::Bytes(bytes)) = pieces.next() {
+                    run.push(bytes);
+                }
+            }
+            let file = pieces.next();
+            let run_bytes: usize = run.iter().map(bytes::Bytes::len).sum();
+            broker.metrics.bytes_out.inc_by((run_bytes + file.as_ref().map_or(0, Piece::len)) as u64);
+            let mut sent = write_all_vectored(&mut writer, &mut run).await;
+            if let (Ok(()), Some(Piece::File(slice))) = (&sent, file) {
+                sent = match writer.flush().await {
                     Ok(()) => {
                         sendfile::send_file(writer.get_ref().as_ref(), slice.file(), slice.position(), slice.len())
                             .await
                     }
                     Err(e) => Err(e),
-                },
-            };
+                };
+            }
             if let Err(e) = sent {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     // The frame is short now; closing is the only way the client can tell.
@@ -161,6 +170,35 @@ async fn write_responses(broker: Arc<Broker>, writer: OwnedWriteHalf, mut pendin
     }
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
+}
+
+/// Writes every buffer, as few system calls as the socket allows (small ones are buffered).
+async fn write_all_vectored(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    buffers: &mut [bytes::Bytes],
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    let mut first = 0;
+    while first < buffers.len() {
+        if buffers[first].is_empty() {
+            first += 1;
+            continue;
+        }
+        let slices: Vec<std::io::IoSlice<'_>> = buffers[first..].iter().map(|b| std::io::IoSlice::new(b)).collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let take = written.min(buffers[first].len());
+            buffers[first].advance(take);
+            written -= take;
+            if buffers[first].is_empty() {
+                first += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn api_name(api: kafka_protocol::messages::ApiKey) -> &'static str {

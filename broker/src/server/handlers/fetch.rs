@@ -18,6 +18,10 @@ use crate::protocol::frame::{decode_body, FrameError, RequestFrame};
 use crate::storage::FetchSlice;
 use crate::Broker;
 
+/// Slices from this size on are sent from the segment file with `sendfile`; smaller ones are
+/// copied into the response, where a syscall per piece would cost more than the copy.
+const SENDFILE_MIN_BYTES: usize = 64 * 1024;
+
 /// Longest wait a client may ask for; keeps a hostile `max_wait_ms` from pinning a connection.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
@@ -141,6 +145,20 @@ fn read_once(
                         total += stable.len();
                         remaining = remaining.saturating_sub(stable.len());
                         data.records = Some(stable);
+                    }
+                    Err(e) => {
+                        data.error_code = storage_error_code(&e);
+                        any_error = true;
+                        tracing::debug!(topic = %partition.topic, partition = partition.index, error = %e, "fetch failed");
+                    }
+                },
+                // Small slices (a tailing consumer's usual fetch) are read here, so the whole
+                // response leaves in one write; larger ones are sent from the file.
+                Ok(Some(slice)) if slice.len() < SENDFILE_MIN_BYTES => match slice.read() {
+                    Ok(records) => {
+                        total += records.len();
+                        remaining = remaining.saturating_sub(records.len());
+                        data.records = Some(records);
                     }
                     Err(e) => {
                         data.error_code = storage_error_code(&e);
