@@ -395,7 +395,8 @@ fn send_paced(args: &BenchArgs, topic: &str, records: u64, rate: u64, first_part
     while sent < records {
         let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(records);
         if due <= sent {
-            pace(started, sent, rate);
+            // Sleep until the next record is due (not the last one sent: that one is past).
+            pace(started, sent + 1, rate);
             continue;
         }
         let count = (due - sent).min(E2E_RECORDS_PER_CALL) as usize;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -24,6 +24,8 @@ use crate::Broker;
 
 /// Responses queued per connection before the reader stops reading: bounds memory per client.
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
+/// Read buffer per connection.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// A client that starts a frame must finish it within this time, or it is dropped; this keeps
 /// a stalled sender from pinning its share of the request-bytes budget.
 const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,7 +47,10 @@ pub(super) async fn run(
     broker.metrics.connections.inc();
     let span = tracing::info_span!("connection", %peer);
     async {
-        let (mut reader, writer) = stream.into_split();
+        let (reader, writer) = stream.into_split();
+        // Small requests (a size prefix and a few KB) arrive in one read instead of two or
+        // more; frames larger than the buffer are read straight into their own memory.
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
         let (queue, pending) = mpsc::channel::<Pending>(MAX_IN_FLIGHT_PER_CONNECTION);
         let writer_task = tokio::spawn(write_responses(Arc::clone(&broker), writer, pending).in_current_span());
         loop {
@@ -107,7 +112,7 @@ pub(super) async fn run(
 }
 
 async fn read_frame_body(
-    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
     body: &mut BytesMut,
     size: usize,
 ) -> std::io::Result<()> {
