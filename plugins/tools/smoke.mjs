@@ -11,7 +11,7 @@ let failures = 0;
 
 function instantiate(file, env) {
   const state = new Map();
-  const host = { state, logs: [], error: null, memory: null };
+  const host = { state, logs: [], error: null, memory: null, jsonFindCalls: 0 };
   const mem = () => new Uint8Array(host.memory.buffer);
   const read = (ptr, len) => mem().slice(ptr, ptr + len);
   const copyIfFits = (value, dst, cap) => {
@@ -29,6 +29,9 @@ function instantiate(file, env) {
       const v = env[dec.decode(read(np, nl))];
       return copyIfFits(v === undefined ? undefined : enc.encode(v), dst, cap);
     },
+    // The json-find extension's import, refusing every call as a host may (-1): the SDK then
+    // scans the values itself. Runnel's own answers are tested in runtime/tests/json_find.rs.
+    json_find: () => { host.jsonFindCalls++; return -1; },
   };
   const module = new WebAssembly.Module(readFileSync(join(dist, file)));
   const instance = new WebAssembly.Instance(module, { runnel });
@@ -105,12 +108,16 @@ const pick = (r) => r.outputs ? r.outputs.map((o) => [o.index, o.value]) : r;
 {
   const h = instantiate("json-filter.wasm", { FIELD: "action", EQUALS: "click" });
   expectEq("json-filter accepts keep-input", Number(h.exports.runnel_abi_features(1n)), 1);
-  expectEq("json-filter accepts only what is offered", Number(h.exports.runnel_abi_features(6n)), 0);
+  expectEq("json-filter accepts only what is offered", Number(h.exports.runnel_abi_features(4n)), 0);
   expectEq("json-filter speaks plain v1 when nothing is offered",
     pick(processBatch(h, encodeBatch([{ value: view }, { value: click }]))), [[0, click]]);
   h.exports.runnel_abi_features(1n);
   const kept = processBatch(h, encodeBatch([{ value: view }, { value: click }, { value: click }]));
   expectEq("json-filter forwards kept inputs by position", kept.outputs, [{ index: 0, input: 1 }, { index: 0, input: 2 }]);
+  expectEq("json-filter accepts json-find", Number(h.exports.runnel_abi_features(3n)), 3);
+  const found = processBatch(h, encodeBatch([{ value: view }, { value: click }, { value: "not json" }]));
+  expectEq("json-filter asks json_find once per batch and scans itself when refused",
+    [found.outputs, h.jsonFindCalls], [[{ index: 0, input: 1 }], 1]);
 }
 // json-filter without config: init fails with a message
 {

@@ -16,8 +16,12 @@ pub const ABI_VERSION: i32 = 1;
 /// ABI v1 extension `keep-input` (ABI.md, "Extensions"): an output record may name an input
 /// record of the batch to forward unchanged, instead of carrying a copy of it.
 pub const FEATURE_KEEP_INPUT: i64 = 1;
+/// ABI v1 extension `json-find` (ABI.md, "Extensions"): the host provides the `json_find`
+/// import, which locates a JSON path in many documents in one call; [`crate::json::find`] and
+/// [`crate::json::find_path`] use it for the values of the batch.
+pub const FEATURE_JSON_FIND: i64 = 2;
 /// The extensions this SDK can use, answered to the host's offer in `runnel_abi_features`.
-pub const FEATURES_SUPPORTED: i64 = FEATURE_KEEP_INPUT;
+pub const FEATURES_SUPPORTED: i64 = FEATURE_KEEP_INPUT | FEATURE_JSON_FIND;
 /// `runnel_process` code: processing error (message via `set_error`).
 pub const ERR_PROCESSING: i64 = -1;
 /// `runnel_process` code: malformed input batch.
@@ -68,6 +72,8 @@ pub fn process_batch_with(
 ) -> Result<Vec<u8>, Failure> {
     let records = wire::decode_input_refs(input).map_err(|m| Failure::new(ERR_MALFORMED, m.to_string()))?;
     let keep_input = features & FEATURE_KEEP_INPUT != 0;
+    // Until it is dropped, at the end of the batch, `json::find` may ask the host.
+    let _json_finds = (features & FEATURE_JSON_FIND != 0).then(|| crate::json::batch::enter(&records));
     let mut encoder = wire::OutputEncoder::new(buf).map_err(encode_failure)?;
     // Outputs are at most about as large as the input unless the transform adds to records:
     // one reservation instead of regrowing. Forwarded inputs take 8 bytes each.

@@ -30,6 +30,7 @@ mod wasm_imports {
         fn state_put(key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32) -> i32;
         fn state_delete(key_ptr: i32, key_len: i32) -> i32;
         fn env_get(name_ptr: i32, name_len: i32, dst_ptr: i32, dst_cap: i32) -> i32;
+        fn json_find(path_ptr: i32, path_len: i32, spans_ptr: i32, count: i32, entries_ptr: i32) -> i32;
     }
 
     fn ptr(bytes: &[u8]) -> i32 {
@@ -62,6 +63,18 @@ mod wasm_imports {
     pub(crate) fn host_env_get(name: &[u8], dst: &mut [u8]) -> i32 {
         unsafe { env_get(ptr(name), len_i32(name), dst.as_mut_ptr() as usize as i32, len_i32(dst)) }
     }
+
+    /// `json_find` (extension `json-find`): `spans` are `[address, length]` of documents in our
+    /// memory, and the host writes one `[status, start, end]` entry per span into `entries`
+    /// (as long as `spans`). Returns 0, or a negative code when the host refused the call.
+    pub(crate) fn host_json_find(path: &[u8], spans: &[[usize; 2]], entries: &mut [[u32; 3]]) -> i32 {
+        if spans.len() != entries.len() {
+            return -1;
+        }
+        let count = spans.len() as i32;
+        let (spans, entries) = (spans.as_ptr() as usize as i32, entries.as_mut_ptr() as usize as i32);
+        unsafe { json_find(ptr(path), len_i32(path), spans, count, entries) }
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -78,6 +91,10 @@ pub(crate) mod fake {
         pub(crate) error: Option<String>,
         /// Like the host's store caps: a put whose key + value exceed this is refused.
         pub(crate) max_entry_bytes: Option<usize>,
+        /// `json_find` calls answered so far (extension `json-find`).
+        pub(crate) json_find_calls: usize,
+        /// Makes `json_find` refuse every call, as a host may (the SDK then scans itself).
+        pub(crate) json_find_refuses: bool,
     }
 
     thread_local! {
@@ -138,6 +155,26 @@ pub(crate) mod fake {
             let value = std::str::from_utf8(name).ok().and_then(|n| h.env.get(n));
             copy_if_fits(value.map(|v| v.as_bytes()), dst)
         })
+    }
+
+    /// `json_find` as Runnel's host answers it, over copies of the documents (natively there is
+    /// no guest memory to read them from): [`crate::json::locate::locate`] on each.
+    pub(crate) fn host_json_find(path: &[u8], documents: &[Option<Vec<u8>>], entries: &mut [[u32; 3]]) -> i32 {
+        let refused = with_host(|h| {
+            h.json_find_calls += 1;
+            h.json_find_refuses
+        });
+        let path = match std::str::from_utf8(path) {
+            Ok(path) if !refused && documents.len() == entries.len() => crate::json::Path::new(path),
+            _ => return -1,
+        };
+        for (document, entry) in documents.iter().zip(entries.iter_mut()) {
+            *entry = match document {
+                Some(document) => crate::json::locate::locate(document, &path),
+                None => [crate::json::locate::ABSENT, 0, 0],
+            };
+        }
+        0
     }
 }
 

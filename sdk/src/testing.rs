@@ -72,6 +72,19 @@ impl Harness {
         self
     }
 
+    /// Makes the simulated host refuse every `json_find` call (extension `json-find`), as a
+    /// host may: the SDK then scans the values itself, with the same results.
+    pub fn refuse_json_find(mut self) -> Self {
+        self.host.json_find_refuses = true;
+        self
+    }
+
+    /// How many `json_find` calls the transform made so far: one per path a batch looked up,
+    /// when the `json-find` extension is on.
+    pub fn json_find_calls(&self) -> usize {
+        self.host.json_find_calls
+    }
+
     /// Builds the instance now (as `runnel_init` does at deploy), to test configuration errors.
     pub fn init(&mut self) -> Result<(), Failure> {
         if self.instance.is_none() {

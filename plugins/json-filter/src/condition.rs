@@ -118,8 +118,8 @@ impl Condition {
         let order = || s.cmp(self.text.as_bytes());
         match self.op {
             Op::Exists => self.exists,
-            Op::Equals => s == self.text.as_bytes(),
-            Op::NotEquals => s != self.text.as_bytes(),
+            Op::Equals => same_bytes(s, self.text.as_bytes()),
+            Op::NotEquals => !same_bytes(s, self.text.as_bytes()),
             Op::Gt => order() == Ordering::Greater,
             Op::Gte => order() != Ordering::Less,
             Op::Lt => order() == Ordering::Less,
@@ -145,4 +145,20 @@ impl Condition {
             _ => None,
         }
     }
+}
+
+/// `a == b`, four bytes per step: a slice comparison is a call to a byte-by-byte `memcmp` in
+/// WebAssembly, which costs more than the comparison of the short strings fields hold.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a_words, mut b_words) = (a.chunks_exact(4), b.chunks_exact(4));
+    for (x, y) in (&mut a_words).zip(&mut b_words) {
+        if u32::from_le_bytes([x[0], x[1], x[2], x[3]]) != u32::from_le_bytes([y[0], y[1], y[2], y[3]]) {
+            return false;
+        }
+    }
+    a_words.remainder().iter().zip(b_words.remainder()).all(|(x, y)| x == y)
 }

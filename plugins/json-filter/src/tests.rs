@@ -118,3 +118,48 @@ fn raw_and_parsed_fields_match_alike() {
         }
     }
 }
+
+/// With the host locating the field (extension `json-find`, the harness's default), without
+/// it, and with a host that refuses the call, the filter keeps the same records and fails the
+/// same way, on values that are tricky for the host's answers.
+#[test]
+fn json_find_on_or_off_keeps_the_same_records() {
+    use runnel_sdk::abi::{FEATURES_SUPPORTED, FEATURE_JSON_FIND};
+    let values = [
+        r#"{"action":"click"}"#,
+        r#"{"action":"cl\u0069ck"}"#,
+        r#"{"action":"cl\"ick"}"#,
+        r#" { "action" : "click" } "#,
+        r#"{"action":{"action":"click"}}"#,
+        r#"{"action":"view","action":"click"}"#,
+        r#"{"x":[{"action":"click"}]}"#,
+        r#"{"geo":{"country":"FR"},"action":"café"}"#,
+        r#"{"action":"click","#,
+        r#"{"action":"click"} x"#,
+        "",
+        r#"{"action":1e400}"#,
+    ];
+    for conditions in [
+        &[("FIELD", "action"), ("EQUALS", "click")][..],
+        &[("FIELD", "action"), ("NOT_EQUALS", "click"), ("ON_INVALID", "keep")],
+        &[("FIELD", "geo.country"), ("EXISTS", "true")],
+        &[("FIELD", "action"), ("CONTAINS", "lic")],
+        &[("FIELD", "action"), ("EQUALS", "click"), ("ON_INVALID", "fail")],
+    ] {
+        let run = |features: i64, refuse: bool| {
+            let mut h = harness(conditions).abi_features(features);
+            if refuse {
+                h = h.refuse_json_find();
+            }
+            let out = h.run_values(&values);
+            (out, h.json_find_calls())
+        };
+        let (plain, no_calls) = run(FEATURES_SUPPORTED & !FEATURE_JSON_FIND, false);
+        let (found, calls) = run(FEATURES_SUPPORTED, false);
+        let (refused, refused_calls) = run(FEATURES_SUPPORTED, true);
+        assert_eq!(found, plain, "{conditions:?}");
+        assert_eq!(refused, plain, "{conditions:?}");
+        assert_eq!((no_calls, calls, refused_calls), (0, 1, 1), "{conditions:?}: one call per batch");
+        assert!(plain.map_or_else(|e| e.message.contains("invalid JSON"), |out| !out.is_empty()), "{conditions:?}");
+    }
+}

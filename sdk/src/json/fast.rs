@@ -94,6 +94,9 @@ impl<'p> Level<'p> for &'p [Segment] {
     }
 }
 
+// Out of line in WebAssembly: inlined into a caller that first asks the host for the answer
+// (`json-find`), the scanner's many live values would make the whole caller spill to the stack.
+#[cfg_attr(target_arch = "wasm32", inline(never))]
 fn find_in<'p, P: Level<'p>>(bytes: &[u8], path: Option<P>) -> Found {
     let start = skip_ws(bytes, 0);
     let mut found = None;
@@ -330,7 +333,7 @@ fn escaped_key_matches(raw: &[u8], wanted: &[u8]) -> bool {
 /// `a == b` for the short slices keys are, four bytes per step (a slice comparison is a call
 /// to a byte-by-byte `memcmp` in WebAssembly).
 #[inline(always)]
-fn bytes_equal(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn bytes_equal(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -134,7 +134,11 @@ impl<'a> Raw<'a> {
 /// without allocating: `Ok(None)` when the path is absent or crosses a non-object.
 #[inline]
 pub fn find<'a>(bytes: &'a [u8], path: &str) -> Result<Option<Raw<'a>>, JsonError> {
-    match super::fast::find(bytes, path.as_bytes()) {
+    let found = match super::batch::lookup(bytes, path.as_bytes(), 0) {
+        Some(found) => found,
+        None => super::fast::find(bytes, path.as_bytes()),
+    };
+    match found {
         super::fast::Found::Absent => return Ok(None),
         // The fast path checked the text; this only turns the slice into `&str` (cheap: it is
         // the field alone, usually a few bytes).
@@ -150,11 +154,27 @@ pub fn find<'a>(bytes: &'a [u8], path: &str) -> Result<Option<Raw<'a>>, JsonErro
 /// A dotted path of object keys (`"user.address.city"`) split once, for [`find_path`]: a
 /// transform that reads the same field of every record builds it when it starts instead of
 /// splitting the path for every record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Path {
     text: String,
-    segments: Vec<super::fast::Segment>,
+    pub(super) segments: Vec<super::fast::Segment>,
+    /// Unique per `Path::new` (clones share it, and their text): lets the `json-find` lookup
+    /// recognise the path of the previous record without comparing text. Never 0.
+    id: u64,
 }
+
+/// Paths are equal when their texts are.
+impl PartialEq for Path {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Path {}
+
+/// The last [`Path`] id handed out. 64 bits: it cannot wrap, however many paths an instance
+/// builds (a repeated id could name another path's answers).
+static PATH_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Path {
     /// Splits `path` at its dots; the empty path names the whole document (as in [`find`]).
@@ -166,7 +186,8 @@ impl Path {
                 .map(|name| super::fast::Segment { name: name.as_bytes().to_vec(), has_backslash: name.contains('\\') })
                 .collect()
         };
-        Path { text: path.to_string(), segments }
+        let id = PATH_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Path { text: path.to_string(), segments, id }
     }
 
     /// The path as given.
@@ -178,7 +199,11 @@ impl Path {
 /// [`find`] with a [`Path`] built ahead: the same answers and errors.
 #[inline]
 pub fn find_path<'a>(bytes: &'a [u8], path: &Path) -> Result<Option<Raw<'a>>, JsonError> {
-    match super::fast::find_segments(bytes, &path.segments) {
+    let found = match super::batch::lookup(bytes, path.text.as_bytes(), path.id) {
+        Some(found) => found,
+        None => super::fast::find_segments(bytes, &path.segments),
+    };
+    match found {
         super::fast::Found::Absent => return Ok(None),
         super::fast::Found::At(hit) => {
             return Ok(Some(Raw { bytes: &bytes[hit.range], plain_string: hit.plain_string }))

@@ -4,13 +4,18 @@
 //! To read one field, [`find`] walks the bytes without building a tree or allocating (same
 //! validation and answers as `parse` + [`Value::get_path`]) and returns it as a [`Raw`] slice;
 //! [`find_path`] does the same with a [`Path`] split once, for the field of every record.
+//! On a host that offers the `json-find` extension (Runnel does), both are answered for the
+//! values of the batch being processed by the host, which locates a path in all of them in one
+//! call (natively, with the same scanner: [`locate`]); the answers are the same.
 //!
 //! Object members keep their order. Integers that fit an `i64` stay exact ([`Number::Int`]);
 //! other numbers are `f64`. Parsing is strict RFC 8259 (UTF-8, no trailing commas, no lone
 //! surrogates) and nesting is limited to [`MAX_DEPTH`] so hostile input cannot exhaust the stack.
 
+pub(crate) mod batch;
 mod fast;
 mod find;
+pub mod locate;
 mod parse;
 mod write;
 

@@ -425,3 +425,140 @@ fn find_fast_path_handles_strings_ending_near_the_end_of_short_and_long_document
         }
     }
 }
+
+/// The documents the `json-find` tests run through both paths: the find corpus, values that
+/// are tricky for a host's answer (escapes, non-ASCII, nesting, repeated keys, invalid text,
+/// the empty value), and mutations of them.
+fn batch_corpus() -> Vec<Vec<u8>> {
+    let mut docs: Vec<Vec<u8>> = FIND_CORPUS.iter().map(|d| d.as_bytes().to_vec()).collect();
+    for extra in [
+        &br#"{"action":"cl\"ick","a":{"b":{"c":"\u00e9t\u00e9"}}}"#[..],
+        br#"{"action":"caf\xc3\xa9","a":[]}"#,
+        b"{\"action\":\"\xff\"}",
+        br#"{"action":"click" , "a" : { "b" : 1 } }"#,
+        br#"{"action":{"nested":"click"},"a":{"b":[{"c":1}]}}"#,
+        br#"{"a":{"b":1},"a":{"b":2},"action":null}"#,
+        br#"{"action":"click",}"#,
+        b"",
+        br#"{"action":"click"}   "#,
+        br#"{"action":1e400}"#,
+        br#"{"action":"\ud800"}"#,
+    ] {
+        docs.push(extra.to_vec());
+    }
+    let mut seed: u64 = 0x1234_5678_9abc_def1;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let alphabet = b"{}[]\",:\\u0123456789abcdefntrl.eE+- \t\xc3\xa9";
+    for round in 0..2_000 {
+        let mut doc = docs[round % 23].clone();
+        for _ in 0..1 + next() % 3 {
+            let at = (next() as usize) % (doc.len() + 1);
+            let byte = alphabet[(next() as usize) % alphabet.len()];
+            match next() % 3 {
+                0 if at < doc.len() => doc[at] = byte,
+                1 if at < doc.len() => {
+                    doc.remove(at);
+                }
+                _ => doc.insert(at, byte),
+            }
+        }
+        docs.push(doc);
+    }
+    docs
+}
+
+/// What a lookup answers, in a form that also tells where the field lies in the value (its
+/// offset) and whether it is known to be a plain string: a host answer that found the same
+/// text elsewhere, or lost the hint, would differ.
+fn answer(value: &[u8], found: Result<Option<Raw<'_>>, JsonError>) -> String {
+    match found {
+        Ok(Some(raw)) => {
+            let at = raw.as_bytes().as_ptr() as usize - value.as_ptr() as usize;
+            format!("at {at}: {:?} plain {:?}", raw.as_bytes(), raw.plain_str_bytes())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// With the `json-find` extension on, `find` and `find_path` on the values of the batch are
+/// answered by the (simulated) host in one call per path, and answer exactly as the scan does:
+/// in order, out of order, by text and by `Path`, for values outside the batch, past the
+/// number of paths a batch locates, and when the host refuses.
+#[test]
+fn batch_lookups_answer_as_the_scan_does() {
+    use crate::host::fake::with_host;
+    let docs = batch_corpus();
+    let mut records: Vec<crate::Record> = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        records.push(crate::Record { value: Some(doc.clone()), offset: i as i64, ..crate::Record::default() });
+        if i % 7 == 0 {
+            records.push(crate::Record::default()); // a tombstone between values
+        }
+    }
+    let encoded = crate::wire::encode_input(0, &records).expect("encodes");
+    let refs = crate::wire::decode_input_refs(&encoded).expect("decodes");
+    let values: Vec<&[u8]> = refs.iter().filter_map(|r| r.value).collect();
+    let paths: Vec<Path> = FIND_PATHS.iter().map(|p| Path::new(p)).collect();
+    // Paths compare by text; each `Path::new` is its own path for the lookup (clones share).
+    assert_eq!(paths[3], Path::new("a.b"));
+    assert_ne!(paths[3], paths[4]);
+    let scanned = |value: &[u8], i: usize| answer(value, find_path(value, &paths[i]));
+    let expected: Vec<Vec<String>> = values.iter().map(|v| (0..paths.len()).map(|i| scanned(v, i)).collect()).collect();
+
+    for refuses in [false, true] {
+        with_host(|h| {
+            h.json_find_calls = 0;
+            h.json_find_refuses = refuses;
+        });
+        let scope = super::batch::enter(&refs);
+        for (value, wanted) in values.iter().zip(&expected) {
+            for (i, path) in paths.iter().enumerate() {
+                assert_eq!(answer(value, find_path(value, path)), wanted[i], "{value:?} at {:?}", FIND_PATHS[i]);
+                assert_eq!(answer(value, find(value, FIND_PATHS[i])), wanted[i], "{value:?} at {:?}", FIND_PATHS[i]);
+            }
+        }
+        for (value, wanted) in values.iter().zip(&expected).rev() {
+            assert_eq!(answer(value, find_path(value, &paths[1])), wanted[1], "{value:?}, backwards");
+        }
+        // Paths built per record (new ids, texts that may reuse a freed path's memory).
+        for (value, wanted) in values.iter().zip(&expected) {
+            for i in [2, 1, 5] {
+                assert_eq!(answer(value, find_path(value, &Path::new(FIND_PATHS[i]))), wanted[i], "{value:?}");
+            }
+        }
+        let copy = values[0].to_vec();
+        assert_eq!(answer(&copy, find_path(&copy, &paths[1])), scanned(&copy, 1), "a value outside the batch");
+        drop(scope);
+        // One call per distinct path, up to the four a batch locates ("a.b" repeats).
+        assert_eq!(with_host(|h| h.json_find_calls), 4, "refuses {refuses}");
+        // After the batch, nothing is asked.
+        assert_eq!(answer(values[0], find_path(values[0], &paths[1])), expected[0][1]);
+        assert_eq!(with_host(|h| h.json_find_calls), 4);
+    }
+    with_host(|h| h.json_find_refuses = false);
+}
+
+/// The host's entries decode only when they can be right; anything else is scanned instead.
+#[test]
+fn impossible_host_entries_are_not_trusted() {
+    use super::fast::{Found, Hit};
+    use super::locate::{decode, locate, ABSENT, FOUND, FOUND_PLAIN_STRING, INVALID};
+    assert_eq!(decode([ABSENT, 0, 0], 5), Some(Found::Absent));
+    assert_eq!(decode([INVALID, 0, 0], 5), Some(Found::Invalid));
+    assert_eq!(decode([FOUND, 1, 5], 5), Some(Found::At(Hit { range: 1..5, plain_string: false })));
+    assert_eq!(decode([FOUND_PLAIN_STRING, 0, 2], 5), Some(Found::At(Hit { range: 0..2, plain_string: true })));
+    assert_eq!(decode([FOUND, 1, 6], 5), None, "past the end");
+    assert_eq!(decode([FOUND, 3, 3], 5), None, "a JSON value is never empty");
+    assert_eq!(decode([FOUND, 4, 2], 5), None);
+    assert_eq!(decode([9, 0, 0], 5), None, "unknown status");
+    let doc = br#"{"a":{"b":"x"},"c":[1]}"#;
+    assert_eq!(locate(doc, &Path::new("a.b")), [FOUND_PLAIN_STRING, 10, 13]);
+    assert_eq!(locate(doc, &Path::new("c")), [FOUND, 19, 22]);
+    assert_eq!(locate(doc, &Path::new("c.d")), [ABSENT, 0, 0]);
+    assert_eq!(locate(b"{", &Path::new("c")), [INVALID, 0, 0]);
+}
