@@ -413,8 +413,9 @@ fn send_paced(args: &BenchArgs, topic: &str, records: u64, rate: u64, first_part
     wait_delivered(&producer, records)
 }
 
-fn pace(started: Instant, sent: u64, rate: u64) {
-    let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+/// Sleeps until record number `record` (counted from 0 at `started`) is due at `rate`.
+fn pace(started: Instant, record: u64, rate: u64) {
+    let due = started + Duration::from_secs_f64(record as f64 / rate as f64);
     let now = Instant::now();
     if due > now {
         std::thread::sleep(due - now);
@@ -423,4 +424,17 @@ fn pace(started: Instant, sent: u64, rate: u64) {
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_sleeps_until_the_record_is_due() {
+        let started = Instant::now();
+        // At 20 records/s record 1 (the second) is due 50 ms after the start.
+        pace(started, 1, 20);
+        assert!(started.elapsed() >= Duration::from_millis(50), "slept until record 1 was due");
+    }
 }
