@@ -13,7 +13,7 @@ use super::segment::Segment;
 use super::transactions::{self, AbortedIndex, AbortedTxn};
 use super::{Clock, Result, StorageError};
 use crate::config::LogConfig;
-use crate::protocol::batch::{peek_batch_bytes, split_batches, stamp_batch, BatchHeader, STAMPED_HEAD_BYTES};
+use crate::protocol::batch::{split_batches, stamp_batch, BatchHeader, STAMPED_HEAD_BYTES};
 
 /// Bytes read to learn a marker's type during replay: its header and the start of its record.
 const MARKER_READ_BYTES: usize = 128;
@@ -37,8 +37,6 @@ pub struct FetchSlice {
     path: PathBuf,
     position: u64,
     bytes: usize,
-    /// Length of the first batch: it is always returned whole, even past `max_bytes` (KIP-74).
-    first_batch_bytes: usize,
 }
 
 impl FetchSlice {
@@ -66,30 +64,18 @@ impl FetchSlice {
         &self.path
     }
 
-    /// Reads the slice and trims a trailing partial batch, so clients receive whole batches.
+    /// Reads the slice: whole batches, as it was cut.
     pub fn read(&self) -> Result<Bytes> {
-        if self.bytes <= SMALL_READ_BYTES {
-            // Zeroing a few KB costs less than the system calls of a fresh descriptor.
-            let mut buf = BytesMut::zeroed(self.bytes);
-            self.file.read_exact_at(&mut buf, self.position).map_err(|e| StorageError::io(&self.path, e))?;
-            return Ok(buf.freeze());
-        }
-        // Empty when the fresh descriptor is unusable, so the read below goes through the
-        // slice's own file (a zeroed buffer of the right length would skip it).
-        let mut buf = self.read_uninitialized().unwrap_or_default();
-        if buf.len() != self.bytes {
-            buf = BytesMut::zeroed(self.bytes);
-            self.file.read_exact_at(&mut buf, self.position).map_err(|e| StorageError::io(&self.path, e))?;
-        }
-        let mut whole = 0;
-        while let Some(len) = peek_batch_bytes(&buf[whole..]) {
-            if whole + len > buf.len() {
-                break;
+        // Large slices go through a fresh descriptor into unzeroed memory; small ones, or when
+        // that descriptor is unusable, through the slice's own file into a zeroed buffer
+        // (zeroing a few KB costs less than the system calls of opening a file).
+        if self.bytes > SMALL_READ_BYTES {
+            if let Some(buf) = self.read_uninitialized().filter(|b| b.len() == self.bytes) {
+                return Ok(buf.freeze());
             }
-            whole += len;
         }
-        debug_assert!(whole >= self.first_batch_bytes.min(self.bytes));
-        buf.truncate(whole);
+        let mut buf = BytesMut::zeroed(self.bytes);
+        self.file.read_exact_at(&mut buf, self.position).map_err(|e| StorageError::io(&self.path, e))?;
         Ok(buf.freeze())
     }
 }
@@ -382,21 +368,25 @@ impl PartitionLog {
         let first = starts.first().copied().unwrap_or(self.log_start_offset);
         for (_, segment) in self.segments.range_mut(first..) {
             if let Some(at) = segment.find_batch(offset)? {
-                let first_batch_bytes = at.header.total_bytes();
                 // Whole batches only, so the bytes can be sent straight from the file: to the
                 // segment's end when that is within `max_bytes` (a segment holds whole
                 // batches), else to the last batch boundary within it (KIP-74: at least the
                 // first batch).
                 let limit = at.position.saturating_add(max_bytes as u64);
-                let end =
-                    if segment.size <= limit { segment.size } else { segment.whole_batches_end(at.position, limit)? };
+                let first_end = at.position + at.header.total_bytes() as u64;
+                let end = if segment.size <= limit {
+                    segment.size
+                } else if first_end >= limit {
+                    first_end
+                } else {
+                    segment.whole_batches_end(first_end, limit)?
+                };
                 let bytes = (end - at.position) as usize;
                 return Ok(Some(FetchSlice {
                     file: Arc::clone(&segment.log),
                     path: segment.log_path().to_path_buf(),
                     position: at.position,
                     bytes,
-                    first_batch_bytes,
                 }));
             }
         }

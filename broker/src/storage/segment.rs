@@ -280,15 +280,11 @@ impl Segment {
         Ok(None)
     }
 
-    /// The end of the last whole batch that starts at or after `from` (a batch start) and ends
-    /// at or before `limit`; the end of the batch at `from` when even that one runs past
-    /// `limit`. Headers are read from the offset index's last entry at or below `limit`
-    /// onwards, so the walk covers at most about one index interval of batches.
-    pub(crate) fn whole_batches_end(&mut self, from: u64, limit: u64) -> Result<u64> {
-        let first_end = from + self.read_header(from)?.total_bytes() as u64;
-        if first_end >= limit {
-            return Ok(first_end);
-        }
+    /// The end of the last whole batch that ends at or before `limit`, walking from
+    /// `first_end`, a batch boundary below `limit` (the end of the batch a fetch starts with,
+    /// which it returns whole in any case). Headers are read from the offset index's last entry
+    /// at or below `limit` onwards, so the walk covers at most about one index interval.
+    pub(crate) fn whole_batches_end(&mut self, first_end: u64, limit: u64) -> Result<u64> {
         let entries = self.offset_index();
         let at = entries.partition_point(|e| u64::from(e.position) <= limit);
         let mut position =

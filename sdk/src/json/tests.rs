@@ -123,13 +123,7 @@ fn plain_string_compares_strings_by_text_and_others_by_json() {
 #[test]
 fn mutated_documents_never_panic_and_what_parses_round_trips() {
     let doc = br#"{"a":[1,-2.5e3,"x\u00e9\ud83d\ude00",{"b":null,"c":[true,false]}],"d":"\n\"q\""}"#;
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     let alphabet = b"{}[]\",:\\u0123456789eE.-+ tfnalrsx\xff\xc3";
     for _ in 0..20_000 {
         let mut buf = doc.to_vec();
@@ -241,13 +235,7 @@ fn find_bounds_nesting_like_parse() {
 /// Random mutations of valid documents: `find` never panics and accepts exactly what `parse` does.
 #[test]
 fn find_accepts_exactly_what_parse_accepts_under_mutation() {
-    let mut seed: u64 = 0x0f1e_2d3c_4b5a_6978;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = xorshift(0x0f1e_2d3c_4b5a_6978);
     let alphabet = b"{}[]\",:\\u0123456789abcdefntrl.eE+- \t";
     for round in 0..30_000 {
         let base = FIND_CORPUS[round % 12].as_bytes();
@@ -299,13 +287,7 @@ fn find_word_at_a_time_scan_stops_at_every_special_byte() {
 #[test]
 fn find_fast_path_agrees_with_the_checked_scanner() {
     use super::find::find_checked;
-    let mut seed: u64 = 0x5eed_f00d_1234_5678;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = xorshift(0x5eed_f00d_1234_5678);
     let alphabet: &[u8] = b"{}[]\",:\\u0123456789abcdefntrl.eE+- \t\x80\xbf\xc2\xdf\xe0\xed\xef\xf0\xf4\xf5\xff";
     let mut corpus: Vec<Vec<u8>> = FIND_CORPUS.iter().map(|d| d.as_bytes().to_vec()).collect();
     corpus.push("{\"k\":\"é€😀\",\"k2\":\"ascii then é\"}".as_bytes().to_vec());
@@ -446,16 +428,11 @@ fn batch_corpus() -> Vec<Vec<u8>> {
     ] {
         docs.push(extra.to_vec());
     }
-    let mut seed: u64 = 0x1234_5678_9abc_def1;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let base = docs.len();
+    let mut next = xorshift(0x1234_5678_9abc_def1);
     let alphabet = b"{}[]\",:\\u0123456789abcdefntrl.eE+- \t\xc3\xa9";
     for round in 0..2_000 {
-        let mut doc = docs[round % 23].clone();
+        let mut doc = docs[round % base].clone();
         for _ in 0..1 + next() % 3 {
             let at = (next() as usize) % (doc.len() + 1);
             let byte = alphabet[(next() as usize) % alphabet.len()];
@@ -561,4 +538,14 @@ fn impossible_host_entries_are_not_trusted() {
     assert_eq!(locate(doc, &Path::new("c")), [FOUND, 19, 22]);
     assert_eq!(locate(doc, &Path::new("c.d")), [ABSENT, 0, 0]);
     assert_eq!(locate(b"{", &Path::new("c")), [INVALID, 0, 0]);
+}
+
+/// A seeded xorshift64 generator: every mutation test reproduces from its seed.
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
 }

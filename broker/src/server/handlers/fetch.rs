@@ -13,7 +13,7 @@ use kafka_protocol::ResponseError;
 
 use super::{storage_error_code, text, Reply};
 use crate::protocol::batch::{peek_batch_bytes, BatchHeader};
-use crate::protocol::fetch_frame::encode_fetch_response;
+use crate::protocol::fetch_frame::{encode_fetch_response, Piece};
 use crate::protocol::frame::{decode_body, FrameError, RequestFrame};
 use crate::storage::FetchSlice;
 use crate::Broker;
@@ -133,46 +133,36 @@ fn read_once(
                     log.read(requested.fetch_offset, max)
                 }
             };
-            let mut file = None;
-            match slice {
+            let records = slice.and_then(|slice| match slice {
+                None => Ok(None),
                 // read_committed over aborted or open transactions: the stable batches are
                 // picked out in memory.
-                Ok(Some(slice)) if read_committed && !plain_view => match slice.read() {
-                    Ok(records) => {
-                        let (stable, aborted) =
-                            committed_view(&partition, records, requested.fetch_offset, data.last_stable_offset);
-                        data.aborted_transactions = Some(aborted);
-                        total += stable.len();
-                        remaining = remaining.saturating_sub(stable.len());
-                        data.records = Some(stable);
-                    }
-                    Err(e) => {
-                        data.error_code = storage_error_code(&e);
-                        any_error = true;
-                        tracing::debug!(topic = %partition.topic, partition = partition.index, error = %e, "fetch failed");
-                    }
-                },
+                Some(slice) if read_committed && !plain_view => slice.read().map(|records| {
+                    let (stable, aborted) =
+                        committed_view(&partition, records, requested.fetch_offset, data.last_stable_offset);
+                    data.aborted_transactions = Some(aborted);
+                    Some(Piece::Bytes(stable))
+                }),
                 // Small slices (a tailing consumer's usual fetch) are read here, so the whole
                 // response leaves in one write; larger ones are sent from the file.
-                Ok(Some(slice)) if slice.len() < SENDFILE_MIN_BYTES => match slice.read() {
-                    Ok(records) => {
-                        total += records.len();
-                        remaining = remaining.saturating_sub(records.len());
-                        data.records = Some(records);
-                    }
-                    Err(e) => {
-                        data.error_code = storage_error_code(&e);
-                        any_error = true;
-                        tracing::debug!(topic = %partition.topic, partition = partition.index, error = %e, "fetch failed");
-                    }
-                },
-                Ok(Some(slice)) => {
-                    total += slice.len();
-                    remaining = remaining.saturating_sub(slice.len());
-                    data.records = Some(Default::default());
-                    file = Some(slice);
+                Some(slice) if slice.len() < SENDFILE_MIN_BYTES => slice.read().map(|r| Some(Piece::Bytes(r))),
+                Some(slice) => Ok(Some(Piece::File(slice))),
+            });
+            let mut file = None;
+            match records {
+                Ok(piece) => {
+                    let bytes = piece.as_ref().map_or(0, Piece::len);
+                    total += bytes;
+                    remaining = remaining.saturating_sub(bytes);
+                    data.records = Some(match piece {
+                        Some(Piece::Bytes(records)) => records,
+                        Some(Piece::File(slice)) => {
+                            file = Some(slice);
+                            Default::default()
+                        }
+                        None => Default::default(),
+                    });
                 }
-                Ok(None) => data.records = Some(Default::default()),
                 Err(e) => {
                     data.error_code = storage_error_code(&e);
                     any_error = true;
