@@ -282,11 +282,35 @@ pub(crate) fn consume(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughpu
 /// client for no more than a few microseconds before librdkafka has it.
 const E2E_RECORDS_PER_CALL: u64 = 64;
 
+/// How the producers of a pipeline run send.
+#[derive(Clone, Copy, Debug)]
+enum Sending {
+    /// At this many records/s, each stamped with its send time, `linger.ms=0`.
+    Paced(u64),
+    /// As fast as the bulk produce run does (`linger.ms=5`, shared unstamped values).
+    FlatOut,
+}
+
 /// Produces at `rate` records/s with the send time in each value, consumes concurrently, and
 /// records each record's produce-to-consume latency. `args.clients` producers share the rate
 /// (each sends to every partition in turn) and as many consumers share the partitions, as in
 /// the throughput runs, so the rate a run asks for is one those clients can carry.
 pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Result<Latency> {
+    pipeline(args, topic, Sending::Paced(rate)).map(|(latency, _)| latency)
+}
+
+/// The pipeline's own peak: the same producers and consumers as [`end_to_end`], running at
+/// once, the producers flat out as in the produce run; records/s from the first send until
+/// the consumers hold every record. On a machine whose cores the clients share with the
+/// broker this is lower than either one-way peak, since both directions share the cores.
+pub(crate) fn pipeline_peak(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughput> {
+    let (_, elapsed) = pipeline(args, topic, Sending::FlatOut)?;
+    Ok(Throughput { bytes: args.records * args.record_size as u64, records: args.records, elapsed })
+}
+
+/// Runs producers and consumers at once; returns the latency of stamped records (empty when
+/// flat out) and the time from the first send until the consumers had every record.
+fn pipeline(args: &BenchArgs, topic: &str, sending: Sending) -> anyhow::Result<(Latency, Duration)> {
     let clients = (args.clients.max(1) as usize).min(args.partitions.max(1) as usize);
     let shares: Vec<Vec<i32>> =
         (0..clients).map(|c| (0..args.partitions).filter(|p| *p as usize % clients == c).collect()).collect();
@@ -295,6 +319,9 @@ pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Re
     // Every consumer has reached the end of its partitions before anything is sent.
     let ready = std::sync::Barrier::new(clients + 1);
     let bar = progress(records, "e2e");
+    let hidden = ProgressBar::hidden();
+    let stamped = matches!(sending, Sending::Paced(_));
+    let mut started = Instant::now();
     let histograms = std::thread::scope(|scope| -> anyhow::Result<Vec<hdrhistogram::Histogram<u64>>> {
         let consumers: Vec<_> = shares
             .iter()
@@ -311,16 +338,23 @@ pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Re
                         Ok(consumer)
                     });
                     ready.wait();
-                    measure_latency(&warmed?, records, received, bar)
+                    measure_latency(&warmed?, records, received, bar, stamped)
                 })
             })
             .collect();
         ready.wait();
+        started = Instant::now();
         let senders: Vec<_> = (0..clients as u64)
             .map(|client| {
                 let share = records / clients as u64 + u64::from(client < records % clients as u64);
-                let share_rate = (rate / clients as u64 + u64::from(client < rate % clients as u64)).max(1);
-                scope.spawn(move || send_paced(args, topic, share, share_rate, client as i32))
+                let hidden = &hidden;
+                match sending {
+                    Sending::Paced(rate) => {
+                        let share_rate = (rate / clients as u64 + u64::from(client < rate % clients as u64)).max(1);
+                        scope.spawn(move || send_paced(args, topic, share, share_rate, client as i32))
+                    }
+                    Sending::FlatOut => scope.spawn(move || produce_share(args, topic, share, client as i32, hidden)),
+                }
             })
             .collect();
         for sender in senders {
@@ -328,18 +362,20 @@ pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Re
         }
         consumers.into_iter().map(|c| c.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))?).collect()
     })?;
+    let elapsed = started.elapsed();
     bar.finish_and_clear();
     let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for part in &histograms {
         histogram.add(part)?;
     }
-    Ok(Latency {
+    let latency = Latency {
         p50_us: histogram.value_at_quantile(0.50),
         p99_us: histogram.value_at_quantile(0.99),
         p999_us: histogram.value_at_quantile(0.999),
         max_us: histogram.max(),
         count: histogram.len(),
-    })
+    };
+    Ok((latency, elapsed))
 }
 
 /// One e2e consumer: the latency of every record it reads, until all consumers together have
@@ -349,6 +385,7 @@ fn measure_latency(
     records: u64,
     received: &AtomicU64,
     bar: &ProgressBar,
+    stamped: bool,
 ) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
     let mut batch = BatchConsumer::new(consumer)?;
     let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -357,6 +394,9 @@ fn measure_latency(
     while total < records {
         let mut failure = None;
         let n = batch.poll(Duration::from_millis(50), |value| {
+            if !stamped {
+                return;
+            }
             let Some(stamp) = value.get(..8) else { return };
             let stamp = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
             let latency = now_us().saturating_sub(stamp).max(1);
@@ -379,9 +419,17 @@ fn measure_latency(
     Ok(histogram)
 }
 
-/// An e2e sender: whenever records are due at `rate`, stamps up to [`E2E_RECORDS_PER_CALL`]
-/// of them with the time now and hands them to librdkafka (which copies them) in one call,
-/// partitions in turn from `first_partition`; `linger.ms=0`.
+/// Shortest time between two wake-ups of an e2e sender. Waking for every record at 100k+
+/// records/s cost the client more CPU than the broker spent (a `nanosleep`, a wake-up of
+/// librdkafka's thread and a produce request of a few records every ~60 µs); an application
+/// that produces at such rates hands its client records in bursts. A record is stamped when it
+/// is handed over, so the quantum adds nothing to the latency measured.
+const PACE_QUANTUM: Duration = Duration::from_micros(500);
+
+/// An e2e sender: wakes when the next record is due (at most every [`PACE_QUANTUM`]), stamps
+/// what is due with the time now, up to [`E2E_RECORDS_PER_CALL`] records per call, and hands
+/// them to librdkafka (which copies them), partitions in turn from `first_partition`;
+/// `linger.ms=0`.
 fn send_paced(args: &BenchArgs, topic: &str, records: u64, rate: u64, first_partition: i32) -> anyhow::Result<()> {
     let producer = producer(args, "0")?;
     let mut batch = BatchProducer::new(&producer, topic)?;
@@ -391,12 +439,18 @@ fn send_paced(args: &BenchArgs, topic: &str, records: u64, rate: u64, first_part
     let partitions = args.partitions.max(1);
     let mut partition = first_partition % partitions;
     let started = Instant::now();
+    let mut woke = started;
     let mut sent = 0u64;
     while sent < records {
         let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(records);
         if due <= sent {
             // Sleep until the next record is due (not the last one sent: that one is past).
-            pace(started, sent + 1, rate);
+            let wake = next_wake(started, sent + 1, rate, woke);
+            let now = Instant::now();
+            if wake > now {
+                std::thread::sleep(wake - now);
+            }
+            woke = Instant::now();
             continue;
         }
         let count = (due - sent).min(E2E_RECORDS_PER_CALL) as usize;
@@ -413,13 +467,11 @@ fn send_paced(args: &BenchArgs, topic: &str, records: u64, rate: u64, first_part
     wait_delivered(&producer, records)
 }
 
-/// Sleeps until record number `record` (counted from 0 at `started`) is due at `rate`.
-fn pace(started: Instant, record: u64, rate: u64) {
-    let due = started + Duration::from_secs_f64(record as f64 / rate as f64);
-    let now = Instant::now();
-    if due > now {
-        std::thread::sleep(due - now);
-    }
+/// When a sender that last woke at `woke` wakes next: when record number `record` (counted
+/// from 0 at `started`) is due at `rate`, but not before [`PACE_QUANTUM`] has passed.
+fn next_wake(started: Instant, record: u64, rate: u64, woke: Instant) -> Instant {
+    let due = started + Duration::from_secs_f64(record as f64 / rate.max(1) as f64);
+    due.max(woke + PACE_QUANTUM)
 }
 
 fn now_us() -> u64 {
@@ -431,10 +483,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pacer_sleeps_until_the_record_is_due() {
+    fn the_pacer_wakes_when_the_next_record_is_due_but_not_sooner_than_its_quantum() {
         let started = Instant::now();
-        // At 20 records/s record 1 (the second) is due 50 ms after the start.
-        pace(started, 1, 20);
-        assert!(started.elapsed() >= Duration::from_millis(50), "slept until record 1 was due");
+        // At 20 records/s record 1 (the second) is due 50 ms after the start: later than the
+        // quantum, so the due time decides.
+        assert_eq!(next_wake(started, 1, 20, started), started + Duration::from_millis(50));
+        // At 1M records/s record 10 is due at 10 µs: the quantum since the last wake decides.
+        let woke = started + Duration::from_millis(3);
+        assert_eq!(next_wake(started, 10, 1_000_000, woke), woke + PACE_QUANTUM);
+        // A record due after the quantum is waited for exactly.
+        assert_eq!(next_wake(started, 5_000, 1_000_000, woke), started + Duration::from_millis(5));
     }
 }

@@ -32,7 +32,9 @@ pub enum BenchCommand {
     Consume(BenchArgs),
     /// End-to-end latency (produce → consume) at a fixed rate: p50/p99/p999 (`--clients` producers share the rate, as many consumers the partitions)
     E2e(E2eArgs),
-    /// Everything in one run: ceiling, produce acks=1 and acks=all, consume, e2e at half of the lower of the produce and consume peaks
+    /// The pipeline's peak: the e2e clients producing flat out while the consumers read along; records/s until the consumers hold every record
+    Pipeline(BenchArgs),
+    /// Everything in one run: ceiling, produce acks=1 and acks=all, consume, e2e at half of the lower of the produce and consume peaks, the pipeline's peak and e2e at half of it
     All(BenchArgs),
     /// Consumer-group throughput: the same topic read by groups of each size in `--members`
     Group(GroupArgs),
@@ -182,6 +184,11 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             let latency = kafka::end_to_end(&args.common, &topic, args.rate)?;
             report_latency(args.rate, latency);
         }
+        BenchCommand::Pipeline(args) => {
+            let topic = kafka::prepare_topic(&args)?;
+            let result = kafka::pipeline_peak(&args, &topic)?;
+            report_plain("pipeline peak", &args, result);
+        }
         BenchCommand::All(args) => run_all(args)?,
         BenchCommand::Group(args) => run_group(args)?,
         BenchCommand::Transform(args) => transform::run(args)?,
@@ -204,13 +211,19 @@ fn run_all(args: BenchArgs) -> anyhow::Result<()> {
     let topic_all = kafka::prepare_topic(&acks_all)?;
     let produce_all = kafka::produce(&acks_all, &topic_all)?;
     report("produce acks=all", &acks_all, produce_all, ceiling);
-    // A record's end-to-end trip needs both sides: the pipeline's peak is the lower of the two.
+    // A record's end-to-end trip needs both sides: the lower of the two one-way peaks.
     let half_peak = (produce1.records_per_s().min(consume.records_per_s()) / 2.0).max(1.0) as u64;
-    let e2e_args =
-        BenchArgs { acks: Acks::One, topic: None, records: args.records.min(half_peak * 10), ..args.clone() };
-    let topic_e2e = kafka::prepare_topic(&e2e_args)?;
-    let latency = kafka::end_to_end(&e2e_args, &topic_e2e, half_peak)?;
-    report_latency(half_peak, latency);
+    let latency = e2e_at(&args, half_peak)?;
+    // Both directions at once share the cores with the clients here, so the pipeline's own
+    // peak is lower than either one-way peak; latency at half of it is the figure with
+    // headroom left, which is what the one-way reading assumes of a broker whose clients run
+    // elsewhere.
+    let pipeline_args = BenchArgs { acks: Acks::One, topic: None, ..args.clone() };
+    let topic_pipeline = kafka::prepare_topic(&pipeline_args)?;
+    let pipeline = kafka::pipeline_peak(&pipeline_args, &topic_pipeline)?;
+    report_plain("pipeline peak", &pipeline_args, pipeline);
+    let half_pipeline = (pipeline.records_per_s() / 2.0).max(1.0) as u64;
+    let pipeline_latency = e2e_at(&args, half_pipeline)?;
     println!();
     println!(
         "summary ({} records of {} B, {} partitions, compression {}, {} clients):",
@@ -224,7 +237,25 @@ fn run_all(args: BenchArgs) -> anyhow::Result<()> {
     );
     println!("  consume / ceiling               {:>9.2}   (target ≥ 0.80)", consume.mb_per_s() / ceiling.mb_per_s());
     println!("  e2e p99 at half peak ({half_peak} rec/s) {:>6.2} ms (target < 5 ms)", latency.p99_us as f64 / 1000.0);
+    println!(
+        "  pipeline peak / lower one-way   {:>9.2}   ({:.0} rec/s with both directions at once)",
+        pipeline.records_per_s() / produce1.records_per_s().min(consume.records_per_s()).max(1e-9),
+        pipeline.records_per_s()
+    );
+    println!(
+        "  e2e p99 at half pipeline peak ({half_pipeline} rec/s) {:>6.2} ms",
+        pipeline_latency.p99_us as f64 / 1000.0
+    );
     Ok(())
+}
+
+/// An e2e run at `rate` on a fresh topic, about ten seconds long at most, reported.
+fn e2e_at(args: &BenchArgs, rate: u64) -> anyhow::Result<Latency> {
+    let e2e_args = BenchArgs { acks: Acks::One, topic: None, records: args.records.min(rate * 10), ..args.clone() };
+    let topic = kafka::prepare_topic(&e2e_args)?;
+    let latency = kafka::end_to_end(&e2e_args, &topic, rate)?;
+    report_latency(rate, latency);
+    Ok(latency)
 }
 
 fn run_group(args: GroupArgs) -> anyhow::Result<()> {

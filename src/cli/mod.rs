@@ -68,6 +68,19 @@ pub(crate) enum TopicCommand {
         /// Topic name
         name: String,
     },
+    /// Add partitions to a topic (existing records stay where they are; keys hash over the new
+    /// count from now on, so per-key order holds only for records produced after the change)
+    #[command(group(clap::ArgGroup::new("how_many").required(true).args(["num", "total"])))]
+    AddPartitions {
+        /// Topic name
+        name: String,
+        /// Partitions to add (like `rpk topic add-partitions --num`)
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        num: Option<i32>,
+        /// The topic's new partition count (like `kafka-topics --alter --partitions`)
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        total: Option<i32>,
+    },
     /// Set or remove topic configs
     AlterConfig {
         /// Topic name

@@ -1,15 +1,17 @@
-//! `runnel topic create|list|describe|delete|alter-config`.
+//! `runnel topic create|list|describe|delete|add-partitions|alter-config`.
 
 use std::io::Write;
 
 use anyhow::{bail, ensure, Context, Result};
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_configs_response::DescribeConfigsResourceResult;
 use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, IncrementalAlterConfigsRequest, TopicName,
+    ApiKey, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    IncrementalAlterConfigsRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -34,6 +36,7 @@ pub(super) async fn run(connect: &ConnectArgs, command: TopicCommand) -> Result<
         TopicCommand::List { all } => list(&mut cluster, all).await,
         TopicCommand::Describe { name } => describe(&mut cluster, &name).await,
         TopicCommand::Delete { name } => delete(&mut cluster, &name).await,
+        TopicCommand::AddPartitions { name, num, total } => add_partitions(&mut cluster, &name, num, total).await,
         TopicCommand::AlterConfig { name, set, delete } => alter_config(&mut cluster, &name, &set, &delete).await,
     }
 }
@@ -125,6 +128,43 @@ async fn describe(cluster: &mut Cluster, name: &str) -> Result<()> {
         writeln!(out, "\t{}", render_config(config))?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// CreatePartitions to `total` partitions, or to the current count plus `num`.
+async fn add_partitions(cluster: &mut Cluster, name: &str, num: Option<i32>, total: Option<i32>) -> Result<()> {
+    let current = i32::try_from(cluster.topic(name, false).await?.partitions.len())
+        .with_context(|| format!("topic '{name}' reports more partitions than Kafka can count"))?;
+    let count = match (num, total) {
+        (_, Some(total)) => total,
+        (Some(num), None) => current
+            .checked_add(num)
+            .with_context(|| format!("{current} + {num} partitions is more than Kafka allows"))?,
+        (None, None) => bail!("say how many partitions: --num N to add N, or --total N for the new count"),
+    };
+    let client = cluster.any();
+    let version = client.version(ApiKey::CreatePartitions)?;
+    let mut topic = CreatePartitionsTopic::default();
+    topic.name = topic_name(name);
+    topic.count = count;
+    // Null: the broker places the new partitions itself.
+    topic.assignments = None;
+    let mut request = CreatePartitionsRequest::default();
+    request.topics = vec![topic];
+    request.timeout_ms = timeout_ms();
+    let response = client.send(&request, version).await?;
+    let result = response
+        .results
+        .iter()
+        .find(|result| result.name.as_str() == name)
+        .with_context(|| format!("broker returned no CreatePartitions result for '{name}'"))?;
+    if result.error_code != 0 {
+        bail!(
+            "could not add partitions to topic '{name}' ({current} now, {count} asked): {}",
+            error::describe(result.error_code, result.error_message.as_deref())
+        );
+    }
+    println!("Topic {name} now has {count} partitions (was {current}).");
     Ok(())
 }
 

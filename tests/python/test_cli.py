@@ -50,6 +50,36 @@ def test_topic_lifecycle_and_round_trip(runnel_bin, broker):
     assert topic not in run(runnel_bin, broker, "topic", "list").stdout.split()
 
 
+def test_add_partitions_grows_a_topic_and_refuses_to_shrink_it(runnel_bin, broker):
+    topic = unique_topic("cli-grow")
+    run(runnel_bin, broker, "topic", "create", topic, "--partitions", "2")
+    run(runnel_bin, broker, "produce", topic, input_text="".join(f"before-{i}\n" for i in range(10)))
+
+    out = run(runnel_bin, broker, "topic", "add-partitions", topic, "--num", "2").stdout
+    assert "4 partitions" in out and "was 2" in out
+    run(runnel_bin, broker, "topic", "add-partitions", topic, "--total", "6")
+    assert "PartitionCount: 6" in run(runnel_bin, broker, "topic", "describe", topic).stdout
+
+    # The new partitions take records, and the old ones kept theirs.
+    run(runnel_bin, broker, "produce", topic, "--key-separator", ":", input_text="".join(f"k{i}:after-{i}\n" for i in range(60)))
+    records = consume_partitions(broker.bootstrap, topic, range(6))
+    values = [record.value for partition in records.values() for record in partition]
+    assert sorted(v for v in values if v.startswith(b"before-")) == sorted(f"before-{i}".encode() for i in range(10))
+    assert len([v for v in values if v.startswith(b"after-")]) == 60
+    assert any(records[p] for p in (2, 3, 4, 5)), "no record reached a new partition"
+
+    # Shrinking, or not growing, is Kafka's INVALID_PARTITIONS: one line, non-zero exit, no change.
+    for args in (("--total", "3"), ("--total", "6")):
+        result = run(runnel_bin, broker, "topic", "add-partitions", topic, *args, check=False)
+        assert result.returncode != 0
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "6 now" in errors[0], result.stderr
+    # Saying neither how many nor both is a usage error.
+    for args in ((), ("--num", "1", "--total", "9")):
+        assert run(runnel_bin, broker, "topic", "add-partitions", topic, *args, check=False).returncode == 2
+    assert "PartitionCount: 6" in run(runnel_bin, broker, "topic", "describe", topic).stdout
+
+
 def test_errors_are_one_line_and_exit_non_zero(runnel_bin, broker):
     topic = unique_topic("cli-errors")
     run(runnel_bin, broker, "topic", "create", topic, "--partitions", "1")
