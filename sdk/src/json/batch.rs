@@ -157,19 +157,43 @@ pub(super) fn lookup(bytes: &[u8], path: &[u8], path_id: u64) -> Option<Found> {
     })
 }
 
-/// The host's `json_equals` answer for `condition` on `bytes`, when `bytes` is a value of the
-/// current batch and the host answers; `None` means "test it yourself". The caller treats an
-/// unknown answer as none.
+/// What the host answered for a [`StrEquals`] test of a value of the batch.
+pub(super) enum Answer {
+    /// The `json_equals` answer byte (as the host wrote it: the caller checks it).
+    Equals(u8),
+    /// `json-equals` gave no answer, `json-find` located the field.
+    Found(Found),
+    /// Neither: "test it yourself".
+    None,
+}
+
+/// The host's answer for `condition` on `bytes`, when `bytes` is a value of the current batch:
+/// `json_equals`'s, or else where `json_find` located the field. One look at the batch state
+/// for both, so a test costs no more than a `find_path` where neither is on (natively).
 #[inline]
-pub(super) fn lookup_equals(bytes: &[u8], condition: &StrEquals) -> Option<u8> {
+pub(super) fn lookup_equals(bytes: &[u8], condition: &StrEquals) -> Answer {
     FINDS.with(|finds| {
         let finds = &mut *finds.borrow_mut();
-        if !finds.active || !finds.equals_on {
-            return None;
+        if !finds.active {
+            return Answer::None;
         }
-        let index = finds.index_of(bytes)?;
-        let slot = finds.equals_slot_for(condition)?;
-        slot.answers.get(index).copied()
+        let index = match finds.index_of(bytes) {
+            Some(index) => index,
+            None => return Answer::None,
+        };
+        if finds.equals_on {
+            if let Some(answer) = finds.equals_slot_for(condition).and_then(|slot| slot.answers.get(index)) {
+                return Answer::Equals(*answer);
+            }
+        }
+        if finds.find_on {
+            let path = condition.path();
+            let entry = finds.slot_for(path.as_str().as_bytes(), path.id()).and_then(|slot| slot.entries.get(index));
+            if let Some(found) = entry.and_then(|entry| locate::decode(*entry, bytes.len())) {
+                return Answer::Found(found);
+            }
+        }
+        Answer::None
     })
 }
 

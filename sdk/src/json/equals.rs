@@ -9,7 +9,9 @@
 //! for anything that is not a value of the batch, on hosts without the extension, when the
 //! call is refused, past four conditions a batch, and to name the error of an invalid value.
 
-use super::find::{find_checked, find_path, next_id};
+use super::batch::Answer;
+use super::fast::Found;
+use super::find::{field_is_string, find_checked, next_id};
 use super::locate::{EQUALS_ABSENT, EQUALS_FALSE, EQUALS_INVALID, EQUALS_TRUE};
 use super::{JsonError, Path};
 
@@ -71,19 +73,36 @@ impl StrEquals {
     /// `find_path(bytes, path)` followed by [`Raw::str_equals`](super::Raw::str_equals).
     #[inline]
     pub fn test(&self, bytes: &[u8]) -> Result<Option<bool>, JsonError> {
-        match super::batch::lookup_equals(bytes, self) {
-            Some(EQUALS_TRUE) => Ok(Some(true)),
-            Some(EQUALS_FALSE) => Ok(Some(false)),
-            Some(EQUALS_ABSENT) => Ok(None),
-            answer => self.scan(bytes, answer == Some(EQUALS_INVALID)),
+        let found = match super::batch::lookup_equals(bytes, self) {
+            Answer::Equals(EQUALS_TRUE) => return Ok(Some(true)),
+            Answer::Equals(EQUALS_FALSE) => return Ok(Some(false)),
+            Answer::Equals(EQUALS_ABSENT) => return Ok(None),
+            // The checked scanner below names the error (and, should the host be wrong, finds
+            // the field all the same).
+            Answer::Equals(EQUALS_INVALID) => Found::Invalid,
+            Answer::Found(found) => found,
+            // No answer, or one the host cannot send: the test runs here.
+            Answer::Equals(_) | Answer::None => super::fast::find_segments(bytes, &self.path.segments),
+        };
+        self.compare(bytes, found)
+    }
+
+    /// The test on what the lookup of the field found.
+    #[inline]
+    fn compare(&self, bytes: &[u8], found: Found) -> Result<Option<bool>, JsonError> {
+        match found {
+            Found::Absent => Ok(None),
+            Found::At(hit) => Ok(Some(field_is_string(&bytes[hit.range], hit.plain_string, self.text.as_bytes()))),
+            Found::Invalid => self.checked(bytes),
         }
     }
 
-    /// The test in the guest. For a value the host called invalid, the checked scanner names
-    /// the error (and, should the host be wrong, finds the field all the same).
+    /// The test by the checked scanner, for a value that is not valid JSON: the error is the
+    /// one [`find_path`](super::find_path) reports.
+    #[cold]
     #[inline(never)]
-    fn scan(&self, bytes: &[u8], invalid: bool) -> Result<Option<bool>, JsonError> {
-        let field = if invalid { find_checked(bytes, self.path.as_str())? } else { find_path(bytes, &self.path)? };
+    fn checked(&self, bytes: &[u8]) -> Result<Option<bool>, JsonError> {
+        let field = find_checked(bytes, self.path.as_str())?;
         Ok(field.map(|raw| raw.str_equals(&self.text)))
     }
 }

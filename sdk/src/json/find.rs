@@ -216,6 +216,10 @@ impl Path {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 /// [`find`] with a [`Path`] built ahead: the same answers and errors.
