@@ -5,7 +5,7 @@
 //!    inside the host (no log), and the fixed cost of one batch round trip.
 //! 2. **Pipeline**: the same input topic run through the transform service twice — once with
 //!    the WASM module, once with the same logic as a native Rust closure — for a map (uppercase)
-//!    and a filter (a JSON field equals a value; the SDK's `json::find` on both sides, as
+//!    and a filter (a JSON field equals a string; the SDK's `json::StrEquals` on both sides, as
 //!    json-filter does). Each run reads the log, processes, and commits outputs and checkpoints
 //!    exactly as in production. The module is compiled before the clock starts (a one-off cost
 //!    of a deploy, printed apart), so the figures compare steady-state throughput. Each side
@@ -209,12 +209,14 @@ impl ProcessorFactory for NativeFactory {
         Ok(())
     }
     fn instantiate(&self, _setup: InstanceSetup<'_>) -> Result<Box<dyn Processor>, Failure> {
-        // As json-filter's `config`: the field's path is split once per instance.
-        Ok(Box::new(NativeProcessor(self.0, runnel_sdk::json::Path::new("action"))))
+        // As json-filter's `config`: the field's path is split once per instance, and
+        // `EQUALS=click` (a string operand) becomes the SDK's string test.
+        let clicks = runnel_sdk::json::StrEquals::new(runnel_sdk::json::Path::new("action"), "click");
+        Ok(Box::new(NativeProcessor(self.0, clicks)))
     }
 }
 
-struct NativeProcessor(Logic, runnel_sdk::json::Path);
+struct NativeProcessor(Logic, runnel_sdk::json::StrEquals);
 
 impl Processor for NativeProcessor {
     fn process(&mut self, records: &[InRecord]) -> Result<Processed, Failure> {
@@ -232,20 +234,12 @@ impl Processor for NativeProcessor {
             Logic::FilterClicks => records
                 .iter()
                 .filter(|r| {
-                    // What json-filter does with FIELD=action EQUALS=click: `find_path` the
-                    // field (validating the whole value), compare a string in place (its bytes
-                    // when it has no escapes), anything else by its JSON text.
+                    // What json-filter does with FIELD=action EQUALS=click: the SDK's
+                    // `StrEquals::test`, natively (`find_path` the field, validating the whole
+                    // value, and compare a string with escapes decoded; in WebAssembly the same
+                    // call is answered by the host for the whole batch, a pushdown).
                     let Some(value) = &r.value else { return false };
-                    match runnel_sdk::json::find_path(value, &self.1) {
-                        Ok(Some(raw)) => match raw.plain_str_bytes() {
-                            Some(bytes) => bytes == b"click",
-                            None => match raw.as_str() {
-                                Some(text) => text == "click",
-                                None => raw.to_value().to_plain_string() == "click",
-                            },
-                        },
-                        _ => false,
-                    }
+                    self.1.test(value) == Ok(Some(true))
                 })
                 .map(|r| out(r, r.value.clone()))
                 .collect(),

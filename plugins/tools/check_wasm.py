@@ -13,7 +13,7 @@ OPTIONAL_EXPORTS = {"runnel_init", "runnel_abi_features"}
 # Linker-provided globals rustc (before 1.7x) always exports from a wasm32 cdylib; the host only
 # looks exports up by name, so they are harmless and reported, not rejected.
 TOLERATED_GLOBALS = {"__data_end", "__heap_base"}
-RUNNEL_IMPORTS = {"log", "set_error", "state_get", "state_put", "state_delete", "env_get", "json_find"}
+RUNNEL_IMPORTS = {"log", "set_error", "state_get", "state_put", "state_delete", "env_get", "json_find", "json_equals"}
 KINDS = {0: "func", 1: "table", 2: "memory", 3: "global"}
 SECTION_NAMES = {0: "custom", 1: "type", 2: "import", 3: "function", 4: "table", 5: "memory", 6: "global",
                  7: "export", 8: "start", 9: "element", 10: "code", 11: "data", 12: "datacount"}

@@ -11,7 +11,7 @@ let failures = 0;
 
 function instantiate(file, env) {
   const state = new Map();
-  const host = { state, logs: [], error: null, memory: null, jsonFindCalls: 0 };
+  const host = { state, logs: [], error: null, memory: null, jsonFindCalls: 0, jsonEqualsCalls: 0 };
   const mem = () => new Uint8Array(host.memory.buffer);
   const read = (ptr, len) => mem().slice(ptr, ptr + len);
   const copyIfFits = (value, dst, cap) => {
@@ -32,6 +32,8 @@ function instantiate(file, env) {
     // The json-find extension's import, refusing every call as a host may (-1): the SDK then
     // scans the values itself. Runnel's own answers are tested in runtime/tests/json_find.rs.
     json_find: () => { host.jsonFindCalls++; return -1; },
+    // The json-equals extension's import, refusing likewise (runtime/tests/json_equals.rs).
+    json_equals: () => { host.jsonEqualsCalls++; return -1; },
   };
   const module = new WebAssembly.Module(readFileSync(join(dist, file)));
   const instance = new WebAssembly.Instance(module, { runnel });
@@ -108,7 +110,7 @@ const pick = (r) => r.outputs ? r.outputs.map((o) => [o.index, o.value]) : r;
 {
   const h = instantiate("json-filter.wasm", { FIELD: "action", EQUALS: "click" });
   expectEq("json-filter accepts keep-input", Number(h.exports.runnel_abi_features(1n)), 1);
-  expectEq("json-filter accepts only what is offered", Number(h.exports.runnel_abi_features(4n)), 0);
+  expectEq("json-filter accepts only what is offered", Number(h.exports.runnel_abi_features(8n)), 0);
   expectEq("json-filter speaks plain v1 when nothing is offered",
     pick(processBatch(h, encodeBatch([{ value: view }, { value: click }]))), [[0, click]]);
   h.exports.runnel_abi_features(1n);
@@ -118,6 +120,10 @@ const pick = (r) => r.outputs ? r.outputs.map((o) => [o.index, o.value]) : r;
   const found = processBatch(h, encodeBatch([{ value: view }, { value: click }, { value: "not json" }]));
   expectEq("json-filter asks json_find once per batch and scans itself when refused",
     [found.outputs, h.jsonFindCalls], [[{ index: 0, input: 1 }], 1]);
+  expectEq("json-filter accepts json-equals", Number(h.exports.runnel_abi_features(7n)), 7);
+  const tested = processBatch(h, encodeBatch([{ value: click }, { value: view }, { value: "not json" }]));
+  expectEq("json-filter asks json_equals once per batch and falls back to json_find, then scans",
+    [tested.outputs, h.jsonEqualsCalls, h.jsonFindCalls], [[{ index: 0, input: 0 }], 1, 2]);
 }
 // json-filter without config: init fails with a message
 {

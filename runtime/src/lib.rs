@@ -45,14 +45,18 @@ mod wasm;
 
 pub use wasm::abi::{
     checked_input_len, decode_emitted, decode_output, encode_input, encoded_input_len, Emitted, InputRecord,
-    OutputHeader, OutputRecord, RecordHeader, ABI_VERSION, FEATURE_JSON_FIND, FEATURE_KEEP_INPUT, HOST_FEATURES,
+    OutputHeader, OutputRecord, RecordHeader, ABI_VERSION, FEATURE_JSON_EQUALS, FEATURE_JSON_FIND, FEATURE_KEEP_INPUT,
+    HOST_FEATURES,
 };
 pub use wasm::clock::{GuestClock, SystemGuestClock};
 pub use wasm::engine::{HostConfig, WasmHost};
 pub use wasm::error::{HostError, InstantiateError, LoadError, OutputCap, ProcessError};
 pub use wasm::host::{STATE_PUT_BATCH_FULL, STATE_PUT_KEY_TOO_LARGE, STATE_PUT_VALUE_TOO_LARGE};
 pub use wasm::instance::{InstanceConfig, ProcessOutput, TransformInstance, LOG_RING_LINES_DEFAULT};
-pub use wasm::json_find::{JSON_FIND_BAD_PATH, JSON_FIND_DOCUMENTS_MAX, JSON_FIND_PATH_BYTES_MAX, JSON_FIND_TOO_MUCH};
+pub use wasm::json_find::{
+    JSON_EQUALS_TEXT_BYTES_MAX, JSON_FIND_BAD_PATH, JSON_FIND_DOCUMENTS_MAX, JSON_FIND_PATH_BYTES_MAX,
+    JSON_FIND_TOO_MUCH,
+};
 pub use wasm::limits::Limits;
 pub use wasm::log::{LogLevel, LogLine, LogRing};
 pub use wasm::module::{ModuleSource, TransformModule};

@@ -337,6 +337,7 @@ fn hostile_modules_fail_their_batch_and_the_host_recovers() {
         ("bad_index.wat", |e| matches!(e, ProcessError::BadOutputIndex { output_index: 7, outputs: 1, .. })),
         ("oob_import.wat", |e| matches!(e, ProcessError::HostCallOutOfBounds { import: "log", .. })),
         ("json_find_oob.wat", |e| matches!(e, ProcessError::HostCallOutOfBounds { import: "json_find", .. })),
+        ("json_equals_oob.wat", |e| matches!(e, ProcessError::HostCallOutOfBounds { import: "json_equals", .. })),
     ];
     for (name, expected) in cases {
         let module = load(&host, name);

@@ -20,8 +20,12 @@ pub const FEATURE_KEEP_INPUT: i64 = 1;
 /// import, which locates a JSON path in many documents in one call; [`crate::json::find`] and
 /// [`crate::json::find_path`] use it for the values of the batch.
 pub const FEATURE_JSON_FIND: i64 = 2;
+/// ABI v1 extension `json-equals` (ABI.md, "Extensions"): the host provides the `json_equals`
+/// import, which tests "the field at a path is this string" on many documents in one call;
+/// [`crate::json::StrEquals::test`] uses it for the values of the batch (a pushdown).
+pub const FEATURE_JSON_EQUALS: i64 = 4;
 /// The extensions this SDK can use, answered to the host's offer in `runnel_abi_features`.
-pub const FEATURES_SUPPORTED: i64 = FEATURE_KEEP_INPUT | FEATURE_JSON_FIND;
+pub const FEATURES_SUPPORTED: i64 = FEATURE_KEEP_INPUT | FEATURE_JSON_FIND | FEATURE_JSON_EQUALS;
 /// `runnel_process` code: processing error (message via `set_error`).
 pub const ERR_PROCESSING: i64 = -1;
 /// `runnel_process` code: malformed input batch.
@@ -72,8 +76,10 @@ pub fn process_batch_with(
 ) -> Result<Vec<u8>, Failure> {
     let records = wire::decode_input_refs(input).map_err(|m| Failure::new(ERR_MALFORMED, m.to_string()))?;
     let keep_input = features & FEATURE_KEEP_INPUT != 0;
-    // Until it is dropped, at the end of the batch, `json::find` may ask the host.
-    let _json_finds = (features & FEATURE_JSON_FIND != 0).then(|| crate::json::batch::enter(&records));
+    // Until it is dropped, at the end of the batch, `json::find` and `StrEquals::test` may ask
+    // the host.
+    let (find_on, equals_on) = (features & FEATURE_JSON_FIND != 0, features & FEATURE_JSON_EQUALS != 0);
+    let _json_finds = (find_on || equals_on).then(|| crate::json::batch::enter(&records, find_on, equals_on));
     let mut encoder = wire::OutputEncoder::new(buf).map_err(encode_failure)?;
     // Outputs are at most about as large as the input unless the transform adds to records:
     // one reservation instead of regrowing. Forwarded inputs take 8 bytes each.

@@ -31,6 +31,15 @@ mod wasm_imports {
         fn state_delete(key_ptr: i32, key_len: i32) -> i32;
         fn env_get(name_ptr: i32, name_len: i32, dst_ptr: i32, dst_cap: i32) -> i32;
         fn json_find(path_ptr: i32, path_len: i32, spans_ptr: i32, count: i32, entries_ptr: i32) -> i32;
+        fn json_equals(
+            path_ptr: i32,
+            path_len: i32,
+            text_ptr: i32,
+            text_len: i32,
+            spans_ptr: i32,
+            count: i32,
+            answers_ptr: i32,
+        ) -> i32;
     }
 
     fn ptr(bytes: &[u8]) -> i32 {
@@ -75,6 +84,17 @@ mod wasm_imports {
         let (spans, entries) = (spans.as_ptr() as usize as i32, entries.as_mut_ptr() as usize as i32);
         unsafe { json_find(ptr(path), len_i32(path), spans, count, entries) }
     }
+
+    /// `json_equals` (extension `json-equals`): as [`host_json_find`], with the string `text`
+    /// the field must be, and one answer byte per span written into `answers`.
+    pub(crate) fn host_json_equals(path: &[u8], text: &[u8], spans: &[[usize; 2]], answers: &mut [u8]) -> i32 {
+        if spans.len() != answers.len() {
+            return -1;
+        }
+        let count = spans.len() as i32;
+        let (spans, answers) = (spans.as_ptr() as usize as i32, answers.as_mut_ptr() as usize as i32);
+        unsafe { json_equals(ptr(path), len_i32(path), ptr(text), len_i32(text), spans, count, answers) }
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -93,8 +113,11 @@ pub(crate) mod fake {
         pub(crate) max_entry_bytes: Option<usize>,
         /// `json_find` calls answered so far (extension `json-find`).
         pub(crate) json_find_calls: usize,
-        /// Makes `json_find` refuse every call, as a host may (the SDK then scans itself).
+        /// Makes `json_find` and `json_equals` refuse every call, as a host may (the SDK then
+        /// scans itself).
         pub(crate) json_find_refuses: bool,
+        /// `json_equals` calls answered (or refused) so far (extension `json-equals`).
+        pub(crate) json_equals_calls: usize,
     }
 
     thread_local! {
@@ -172,6 +195,26 @@ pub(crate) mod fake {
             *entry = match document {
                 Some(document) => crate::json::locate::locate(document, &path),
                 None => [crate::json::locate::ABSENT, 0, 0],
+            };
+        }
+        0
+    }
+
+    /// `json_equals` as Runnel's host answers it, over copies of the documents:
+    /// [`crate::json::locate::equals`] on each.
+    pub(crate) fn host_json_equals(path: &[u8], text: &[u8], documents: &[Option<Vec<u8>>], answers: &mut [u8]) -> i32 {
+        let refused = with_host(|h| {
+            h.json_equals_calls += 1;
+            h.json_find_refuses
+        });
+        let path = match std::str::from_utf8(path) {
+            Ok(path) if !refused && documents.len() == answers.len() => crate::json::Path::new(path),
+            _ => return -1,
+        };
+        for (document, answer) in documents.iter().zip(answers.iter_mut()) {
+            *answer = match document {
+                Some(document) => crate::json::locate::equals(document, &path, text),
+                None => crate::json::locate::EQUALS_ABSENT,
             };
         }
         0

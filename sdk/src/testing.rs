@@ -72,8 +72,9 @@ impl Harness {
         self
     }
 
-    /// Makes the simulated host refuse every `json_find` call (extension `json-find`), as a
-    /// host may: the SDK then scans the values itself, with the same results.
+    /// Makes the simulated host refuse every `json_find` and `json_equals` call (extensions
+    /// `json-find`, `json-equals`), as a host may: the SDK then scans the values itself, with
+    /// the same results.
     pub fn refuse_json_find(mut self) -> Self {
         self.host.json_find_refuses = true;
         self
@@ -83,6 +84,13 @@ impl Harness {
     /// when the `json-find` extension is on.
     pub fn json_find_calls(&self) -> usize {
         self.host.json_find_calls
+    }
+
+    /// How many `json_equals` calls the transform made so far: one per
+    /// [`StrEquals`](crate::json::StrEquals) a batch tested, when the `json-equals` extension
+    /// is on.
+    pub fn json_equals_calls(&self) -> usize {
+        self.host.json_equals_calls
     }
 
     /// Builds the instance now (as `runnel_init` does at deploy), to test configuration errors.

@@ -9,7 +9,7 @@
 //! - `CONTAINS`: substring of a string field, or an element of an array field (by text).
 //! - `EXISTS`: `true` matches a present field (even `null`), `false` an absent one.
 
-use runnel_sdk::json::{Raw, Value};
+use runnel_sdk::json::{Path, Raw, StrEquals, Value};
 use runnel_sdk::Error;
 use std::cmp::Ordering;
 
@@ -73,6 +73,23 @@ impl Condition {
         };
         let number = operand.trim().parse::<f64>().ok().filter(|n| n.is_finite());
         Ok(Condition { op, text: operand.to_string(), number, exists })
+    }
+
+    /// This condition as a [`StrEquals`] test on the field at `path`, and whether its answer
+    /// is negated: for `EQUALS` and `NOT_EQUALS` with an operand that is neither a number nor
+    /// the JSON text of anything, which only a string field can equal (a non-string field
+    /// compares by its JSON text). The test is a pushdown: Runnel's host answers it for the
+    /// whole batch (`json-equals`). `None` for every other condition.
+    pub fn as_str_test(&self, path: &Path) -> Option<(StrEquals, bool)> {
+        let negated = match self.op {
+            Op::Equals => false,
+            Op::NotEquals => true,
+            _ => return None,
+        };
+        if self.number.is_some() || runnel_sdk::json::parse_str(&self.text).is_ok() {
+            return None;
+        }
+        Some((StrEquals::new(path.clone(), &self.text), negated))
     }
 
     /// Whether `field` (`None` = absent) satisfies the condition.

@@ -119,12 +119,13 @@ fn raw_and_parsed_fields_match_alike() {
     }
 }
 
-/// With the host locating the field (extension `json-find`, the harness's default), without
-/// it, and with a host that refuses the call, the filter keeps the same records and fails the
-/// same way, on values that are tricky for the host's answers.
+/// With the host locating the field (extension `json-find`, the harness's default) and testing
+/// string conditions (`json-equals`, a pushdown), with either, without both, and with a host
+/// that refuses the calls, the filter keeps the same records and fails the same way, on values
+/// that are tricky for the host's answers.
 #[test]
-fn json_find_on_or_off_keeps_the_same_records() {
-    use runnel_sdk::abi::{FEATURES_SUPPORTED, FEATURE_JSON_FIND};
+fn json_find_and_json_equals_on_or_off_keep_the_same_records() {
+    use runnel_sdk::abi::{FEATURES_SUPPORTED, FEATURE_JSON_EQUALS, FEATURE_JSON_FIND};
     let values = [
         r#"{"action":"click"}"#,
         r#"{"action":"cl\u0069ck"}"#,
@@ -138,13 +139,16 @@ fn json_find_on_or_off_keeps_the_same_records() {
         r#"{"action":"click"} x"#,
         "",
         r#"{"action":1e400}"#,
+        r#"{"action":true}"#,
     ];
-    for conditions in [
-        &[("FIELD", "action"), ("EQUALS", "click")][..],
-        &[("FIELD", "action"), ("NOT_EQUALS", "click"), ("ON_INVALID", "keep")],
-        &[("FIELD", "geo.country"), ("EXISTS", "true")],
-        &[("FIELD", "action"), ("CONTAINS", "lic")],
-        &[("FIELD", "action"), ("EQUALS", "click"), ("ON_INVALID", "fail")],
+    for (conditions, pushed_down) in [
+        (&[("FIELD", "action"), ("EQUALS", "click")][..], true),
+        (&[("FIELD", "action"), ("NOT_EQUALS", "click"), ("ON_INVALID", "keep")], true),
+        (&[("FIELD", "action"), ("EQUALS", "café"), ("NOT_EQUALS", "click")], true),
+        (&[("FIELD", "geo.country"), ("EXISTS", "true")], false),
+        (&[("FIELD", "action"), ("CONTAINS", "lic")], false),
+        (&[("FIELD", "action"), ("EQUALS", "true")], false),
+        (&[("FIELD", "action"), ("EQUALS", "click"), ("ON_INVALID", "fail")], true),
     ] {
         let run = |features: i64, refuse: bool| {
             let mut h = harness(conditions).abi_features(features);
@@ -152,14 +156,23 @@ fn json_find_on_or_off_keeps_the_same_records() {
                 h = h.refuse_json_find();
             }
             let out = h.run_values(&values);
-            (out, h.json_find_calls())
+            (out, (h.json_find_calls(), h.json_equals_calls()))
         };
-        let (plain, no_calls) = run(FEATURES_SUPPORTED & !FEATURE_JSON_FIND, false);
-        let (found, calls) = run(FEATURES_SUPPORTED, false);
+        let (plain, plain_calls) = run(FEATURES_SUPPORTED & !FEATURE_JSON_FIND & !FEATURE_JSON_EQUALS, false);
+        let (found, found_calls) = run(FEATURES_SUPPORTED & !FEATURE_JSON_EQUALS, false);
+        let (tested, tested_calls) = run(FEATURES_SUPPORTED & !FEATURE_JSON_FIND, false);
+        let (both, both_calls) = run(FEATURES_SUPPORTED, false);
         let (refused, refused_calls) = run(FEATURES_SUPPORTED, true);
-        assert_eq!(found, plain, "{conditions:?}");
-        assert_eq!(refused, plain, "{conditions:?}");
-        assert_eq!((no_calls, calls, refused_calls), (0, 1, 1), "{conditions:?}: one call per batch");
+        for (name, out) in [("json-find", &found), ("json-equals", &tested), ("both", &both), ("refused", &refused)] {
+            assert_eq!(out, &plain, "{conditions:?} with {name}");
+        }
+        // One call per condition (or path) and batch; a refused test falls back to json_find.
+        let equals_calls = usize::from(pushed_down) * conditions.iter().filter(|(k, _)| k.contains("EQUALS")).count();
+        assert_eq!(plain_calls, (0, 0), "{conditions:?}");
+        assert_eq!(found_calls, (1, 0), "{conditions:?}");
+        assert_eq!(tested_calls, (0, equals_calls), "{conditions:?}");
+        assert_eq!(both_calls, (usize::from(!pushed_down), equals_calls), "{conditions:?}");
+        assert_eq!(refused_calls, (1, equals_calls), "{conditions:?}");
         assert!(plain.map_or_else(|e| e.message.contains("invalid JSON"), |out| !out.is_empty()), "{conditions:?}");
     }
 }

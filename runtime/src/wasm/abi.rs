@@ -19,9 +19,12 @@ pub const FEATURE_KEEP_INPUT: i64 = 1;
 /// ABI v1 extension `json-find` (`sdk/ABI.md`, "Extensions"): the `json_find` import locates
 /// a JSON path in many documents of guest memory in one call.
 pub const FEATURE_JSON_FIND: i64 = 2;
+/// ABI v1 extension `json-equals` (`sdk/ABI.md`, "Extensions"): the `json_equals` import tests
+/// "the field at a path is this string" in many documents of guest memory in one call.
+pub const FEATURE_JSON_EQUALS: i64 = 4;
 /// The extensions this host offers to a module that exports `runnel_abi_features`. A module
 /// accepts a subset; one that does not export the function gets plain ABI v1.
-pub const HOST_FEATURES: i64 = FEATURE_KEEP_INPUT | FEATURE_JSON_FIND;
+pub const HOST_FEATURES: i64 = FEATURE_KEEP_INPUT | FEATURE_JSON_FIND | FEATURE_JSON_EQUALS;
 /// `keep-input`: an output index with this bit set is a forwarded input, followed by its index.
 const FORWARD_INPUT_FLAG: u32 = 1 << 31;
 /// The encoding of a forwarded input: flagged output index, input index.

@@ -1,5 +1,5 @@
 //! The `runnel` import module (ABI v1 "Host imports"): log, set_error, state_*, env_get, and
-//! json_find (in `json_find.rs`).
+//! json_find and json_equals (in `json_find.rs`).
 //!
 //! Every guest pointer is bounds-checked; an out-of-bounds one traps the call with a
 //! [`HostFault`], which fails the batch. Caps on state writes are answered with negative
@@ -38,6 +38,7 @@ pub(crate) const RUNNEL_IMPORTS: &[HostSignature] = &[
     sig("state_delete", &[Wasm::I32, Wasm::I32], &[Wasm::I32]),
     sig("env_get", &[Wasm::I32; 4], &[Wasm::I32]),
     sig("json_find", &[Wasm::I32; 5], &[Wasm::I32]),
+    sig("json_equals", &[Wasm::I32; 7], &[Wasm::I32]),
 ];
 
 pub(crate) const fn sig(name: &'static str, params: &'static [Wasm], results: &'static [Wasm]) -> HostSignature {
@@ -62,6 +63,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(RUNNEL_MODULE, "state_delete", state_delete)?;
     linker.func_wrap(RUNNEL_MODULE, "env_get", env_get)?;
     linker.func_wrap(RUNNEL_MODULE, "json_find", crate::wasm::json_find::json_find)?;
+    linker.func_wrap(RUNNEL_MODULE, "json_equals", crate::wasm::json_find::json_equals)?;
     Ok(())
 }
 

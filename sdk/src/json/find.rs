@@ -80,6 +80,13 @@ impl<'a> Raw<'a> {
         }
     }
 
+    /// Whether this is a string whose content (escapes decoded) is `text`: what comparing
+    /// [`Raw::as_str`] with `text` answers, without converting a string that has no escapes.
+    #[inline]
+    pub fn str_equals(&self, text: &str) -> bool {
+        field_is_string(self.bytes, self.plain_string, text.as_bytes())
+    }
+
     /// The number, if this is one: exact ([`Number::Int`]) when it is an integer that fits `i64`,
     /// as [`parse`](super::parse) reads it.
     pub fn as_number(&self) -> Option<Number> {
@@ -125,6 +132,17 @@ impl<'a> Raw<'a> {
     pub fn to_value(&self) -> Value {
         // `find` validated this text with the parser's rules, so it parses.
         parse_str(self.json()).unwrap_or(Value::Null)
+    }
+}
+
+/// [`Raw::str_equals`] on a field's validated JSON text `bytes` (with the scanner's plain-string
+/// hint), for any bytes `text`: the host answers `json_equals` with it.
+#[inline]
+pub(super) fn field_is_string(bytes: &[u8], plain_string: bool, text: &[u8]) -> bool {
+    let raw = Raw { bytes, plain_string };
+    match raw.plain_str_bytes() {
+        Some(content) => super::fast::bytes_equal(content, text),
+        None => raw.as_str().map_or(false, |content| content.as_bytes() == text),
     }
 }
 
@@ -176,6 +194,11 @@ impl Eq for Path {}
 /// builds (a repeated id could name another path's answers).
 static PATH_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// A new id for a [`Path`] or a [`StrEquals`](super::StrEquals), never 0.
+pub(super) fn next_id() -> u64 {
+    PATH_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
 impl Path {
     /// Splits `path` at its dots; the empty path names the whole document (as in [`find`]).
     pub fn new(path: &str) -> Path {
@@ -186,13 +209,16 @@ impl Path {
                 .map(|name| super::fast::Segment { name: name.as_bytes().to_vec(), has_backslash: name.contains('\\') })
                 .collect()
         };
-        let id = PATH_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        Path { text: path.to_string(), segments, id }
+        Path { text: path.to_string(), segments, id: next_id() }
     }
 
     /// The path as given.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    pub(super) fn id(&self) -> u64 {
+        self.id
     }
 }
 

@@ -5,6 +5,9 @@
 //! is what makes the host's answer the one [`find_path`](super::find_path) would compute in the
 //! guest.
 //!
+//! [`equals`] is the same for the `json_equals` import (extension `json-equals`): one byte per
+//! document saying whether the field is a given string.
+//!
 //! An entry is three little-endian `u32`s: `[status, start, end]`; `start..end` is the field's
 //! JSON text within the document when `status` is [`FOUND`] or [`FOUND_PLAIN_STRING`], and
 //! both are 0 otherwise.
@@ -65,5 +68,34 @@ pub(super) fn decode(entry: [u32; 3], len: usize) -> Option<Found> {
             Some(Found::At(Hit { range: start..end, plain_string: status == FOUND_PLAIN_STRING }))
         }
         _ => None,
+    }
+}
+
+/// `json_equals` answer: the document is valid JSON and the path is absent (or crosses a
+/// non-object), or there was no document (a null value).
+pub const EQUALS_ABSENT: u8 = 0;
+/// `json_equals` answer: the field is a string whose content, escapes decoded, is the text.
+pub const EQUALS_TRUE: u8 = 1;
+/// `json_equals` answer: the field is present and is not a string with that content (another
+/// string, or a number, object, array, `true`, `false`, `null`).
+pub const EQUALS_FALSE: u8 = 2;
+/// `json_equals` answer: the document is not valid JSON (as [`INVALID`]).
+pub const EQUALS_INVALID: u8 = 3;
+
+/// The `json_equals` answer for `path` and the string `text` in `document`: what
+/// [`StrEquals::test`](super::StrEquals::test) computes, as a byte.
+#[inline]
+pub fn equals(document: &[u8], path: &Path, text: &[u8]) -> u8 {
+    match fast::find_segments(document, &path.segments) {
+        Found::Absent => EQUALS_ABSENT,
+        Found::Invalid => EQUALS_INVALID,
+        Found::At(hit) => {
+            let plain_string = hit.plain_string;
+            if super::find::field_is_string(&document[hit.range], plain_string, text) {
+                EQUALS_TRUE
+            } else {
+                EQUALS_FALSE
+            }
+        }
     }
 }

@@ -7,18 +7,22 @@
 //! On a host that offers the `json-find` extension (Runnel does), both are answered for the
 //! values of the batch being processed by the host, which locates a path in all of them in one
 //! call (natively, with the same scanner: [`locate`]); the answers are the same.
+//! [`StrEquals`] tests "this field is this string" and, on a host with the `json-equals`
+//! extension, pushes that test down to the host for the whole batch (one byte per record).
 //!
 //! Object members keep their order. Integers that fit an `i64` stay exact ([`Number::Int`]);
 //! other numbers are `f64`. Parsing is strict RFC 8259 (UTF-8, no trailing commas, no lone
 //! surrogates) and nesting is limited to [`MAX_DEPTH`] so hostile input cannot exhaust the stack.
 
 pub(crate) mod batch;
+mod equals;
 mod fast;
 mod find;
 pub mod locate;
 mod parse;
 mod write;
 
+pub use equals::StrEquals;
 pub use find::{find, find_path, Path, Raw};
 pub use parse::{parse, parse_str, JsonError, MAX_DEPTH};
 

@@ -492,7 +492,7 @@ fn batch_lookups_answer_as_the_scan_does() {
             h.json_find_calls = 0;
             h.json_find_refuses = refuses;
         });
-        let scope = super::batch::enter(&refs);
+        let scope = super::batch::enter(&refs, true, false);
         for (value, wanted) in values.iter().zip(&expected) {
             for (i, path) in paths.iter().enumerate() {
                 assert_eq!(answer(value, find_path(value, path)), wanted[i], "{value:?} at {:?}", FIND_PATHS[i]);
@@ -518,6 +518,70 @@ fn batch_lookups_answer_as_the_scan_does() {
         assert_eq!(with_host(|h| h.json_find_calls), 4);
     }
     with_host(|h| h.json_find_refuses = false);
+}
+
+/// `StrEquals::test` answers as `find_path` + `Raw::str_equals` on the mutated corpus: scanned
+/// (no batch), answered by the (simulated) host with `json-equals` in one call per condition,
+/// out of order, on a value outside the batch, past the conditions a batch answers, with the
+/// host refusing, and with only `json-find` on.
+#[test]
+fn str_equals_answers_as_find_and_compare() {
+    use crate::host::fake::with_host;
+    let docs = batch_corpus();
+    let mut records: Vec<crate::Record> = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        records.push(crate::Record { value: Some(doc.clone()), offset: i as i64, ..crate::Record::default() });
+        if i % 5 == 0 {
+            records.push(crate::Record::default()); // a tombstone between values
+        }
+    }
+    let encoded = crate::wire::encode_input(0, &records).expect("encodes");
+    let refs = crate::wire::decode_input_refs(&encoded).expect("decodes");
+    let values: Vec<&[u8]> = refs.iter().filter_map(|r| r.value).collect();
+    let tests: Vec<StrEquals> = [("a.b", "x"), ("action", "click"), ("a", "caf\u{e9}"), ("", "x"), ("c", "")]
+        .iter()
+        .map(|(path, text)| StrEquals::new(Path::new(path), text))
+        .collect();
+    let reference = |value: &[u8], test: &StrEquals| {
+        find_path(value, test.path()).map(|field| field.map(|raw| raw.str_equals(test.text())))
+    };
+    let expected: Vec<Vec<_>> = values.iter().map(|v| tests.iter().map(|t| reference(v, t)).collect()).collect();
+    assert!(expected.iter().flatten().any(|answer| *answer == Ok(Some(true))), "the corpus has matches");
+    assert!(expected.iter().flatten().any(|answer| *answer == Ok(Some(false))));
+    for (find_on, equals_on, refuses) in
+        [(false, false, false), (false, true, false), (true, true, false), (true, true, true), (true, false, false)]
+    {
+        let setting = format!("find {find_on}, equals {equals_on}, refuses {refuses}");
+        with_host(|h| {
+            h.json_equals_calls = 0;
+            h.json_find_refuses = refuses;
+        });
+        let scope = super::batch::enter(&refs, find_on, equals_on);
+        for (value, wanted) in values.iter().zip(&expected) {
+            for (test, wanted) in tests.iter().zip(wanted) {
+                assert_eq!(&test.test(value), wanted, "{value:?} {test:?}, {setting}");
+            }
+        }
+        for (value, wanted) in values.iter().zip(&expected).rev() {
+            assert_eq!(tests[1].test(value), wanted[1], "{value:?}, backwards, {setting}");
+        }
+        let copy = values[0].to_vec();
+        assert_eq!(tests[0].test(&copy), expected[0][0], "a value outside the batch, {setting}");
+        drop(scope);
+        // One call per condition, up to the four a batch answers.
+        let calls = if equals_on { 4 } else { 0 };
+        assert_eq!(with_host(|h| h.json_equals_calls), calls, "{setting}");
+    }
+    with_host(|h| h.json_find_refuses = false);
+    // The host's bytes mean what they say; one it cannot send is not trusted.
+    let doc = br#"{"a":"x","b":"y","c":1}"#;
+    let (a, b, c) = (Path::new("a"), Path::new("b"), Path::new("c"));
+    use super::locate::{equals, EQUALS_ABSENT, EQUALS_FALSE, EQUALS_INVALID, EQUALS_TRUE};
+    assert_eq!(equals(doc, &a, b"x"), EQUALS_TRUE);
+    assert_eq!(equals(doc, &b, b"x"), EQUALS_FALSE);
+    assert_eq!(equals(doc, &c, b"1"), EQUALS_FALSE, "a number is not a string");
+    assert_eq!(equals(doc, &Path::new("d"), b"x"), EQUALS_ABSENT);
+    assert_eq!(equals(b"{", &a, b"x"), EQUALS_INVALID);
 }
 
 /// The host's entries decode only when they can be right; anything else is scanned instead.
