@@ -5,6 +5,8 @@
 //! after each. Also: the SDK-built json-filter, which pushes `EQUALS` down to the host, keeps
 //! what the SDK's own test keeps (when `plugins/build.sh` ran).
 
+mod support;
+
 use runnel_runtime::{
     InputRecord, InstanceConfig, Limits, MemoryStateStore, ProcessError, TransformInstance, WasmHost,
     FEATURE_JSON_EQUALS, HOST_FEATURES, JSON_EQUALS_TEXT_BYTES_MAX, JSON_FIND_BAD_PATH, JSON_FIND_TOO_MUCH,
@@ -240,42 +242,14 @@ fn too_much_work_a_bad_path_a_long_text_and_a_negative_count_are_refused_with_co
 /// SDK's own test keeps, with `EQUALS` and `NOT_EQUALS` pushed down to the host.
 #[test]
 fn the_sdk_json_filter_keeps_what_the_test_keeps() {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let Ok(wasm) = std::fs::read(root.join("plugins/dist/json-filter.wasm")) else {
-        println!("plugins/dist/json-filter.wasm: not built, skipped");
-        return;
-    };
-    println!("json-filter.wasm imports json_equals: {}", wasm.windows(11).any(|w| w == b"json_equals"));
-    let module = WasmHost::new(Default::default()).expect("host").load(&wasm).expect("load");
+    let Some(module) = support::json_filter("json_equals") else { return };
     let mut values: Vec<Option<Vec<u8>>> = DOCUMENTS.iter().map(|d| Some(d.to_vec())).collect();
     values.push(None);
     values.push(Some(br#"{"action":"cl\"ick"}"#.to_vec()));
     let test = StrEquals::new(Path::new("action"), "click");
     for (condition, on_invalid) in [("EQUALS", "drop"), ("EQUALS", "keep"), ("NOT_EQUALS", "drop")] {
-        let mut config = InstanceConfig::new(0, 1, MemoryStateStore::new());
-        config.env = [("FIELD", "action"), (condition, "click"), ("ON_INVALID", on_invalid)]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut instance = module.instantiate(config).expect("instantiate");
-        let records: Vec<InputRecord<'_>> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| InputRecord {
-                offset: i as i64,
-                timestamp_ms: 0,
-                key: None,
-                value: v.as_deref(),
-                headers: &[],
-            })
-            .collect();
-        let kept: Vec<Option<Vec<u8>>> = instance
-            .process(&records)
-            .expect("batch")
-            .records
-            .into_iter()
-            .map(|r| r.value.map(|v| v.to_vec()))
-            .collect();
+        let env = [("FIELD", "action"), (condition, "click"), ("ON_INVALID", on_invalid)];
+        let kept = support::kept_values(&module, &env, &values);
         let expected: Vec<Option<Vec<u8>>> = values
             .iter()
             .filter(|v| match v {

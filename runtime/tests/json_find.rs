@@ -4,6 +4,8 @@
 //! documented codes; and the instance serves the next batch after each. Also: the SDK-built
 //! json-filter keeps what the SDK's scan keeps, with the extension (when `plugins/build.sh` ran).
 
+mod support;
+
 use runnel_runtime::{
     InputRecord, InstanceConfig, Limits, MemoryStateStore, ProcessError, TransformInstance, WasmHost,
     FEATURE_JSON_FIND, HOST_FEATURES, JSON_FIND_BAD_PATH, JSON_FIND_TOO_MUCH,
@@ -204,44 +206,15 @@ fn too_much_work_a_bad_path_and_a_negative_count_are_refused_with_codes() {
 /// SDK's own scan keeps, on values that are tricky for the host's answers.
 #[test]
 fn the_sdk_json_filter_keeps_what_the_scan_keeps() {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let Ok(wasm) = std::fs::read(root.join("plugins/dist/json-filter.wasm")) else {
-        println!("plugins/dist/json-filter.wasm: not built, skipped");
-        return;
-    };
-    let imports_json_find = wasm.windows(9).any(|w| w == b"json_find");
-    println!("json-filter.wasm imports json_find: {imports_json_find}");
-    let module = WasmHost::new(Default::default()).expect("host").load(&wasm).expect("load");
+    let Some(module) = support::json_filter("json_find") else { return };
     let mut values: Vec<Option<Vec<u8>>> = DOCUMENTS.iter().map(|d| Some(d.to_vec())).collect();
     values.push(None);
     values.push(Some(br#"{"action":"click"}"#.to_vec()));
     values.push(Some(br#"{"action":"cl\"ick"}"#.to_vec()));
     values.push(Some(br#"{"action":"cl\u0069ck","x":[{"action":"view"}]}"#.to_vec()));
     for on_invalid in ["drop", "keep"] {
-        let mut config = InstanceConfig::new(0, 1, MemoryStateStore::new());
-        config.env = [("FIELD", "action"), ("EQUALS", "click"), ("ON_INVALID", on_invalid)]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut instance = module.instantiate(config).expect("instantiate");
-        let records: Vec<InputRecord<'_>> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| InputRecord {
-                offset: i as i64,
-                timestamp_ms: 0,
-                key: None,
-                value: v.as_deref(),
-                headers: &[],
-            })
-            .collect();
-        let kept: Vec<Option<Vec<u8>>> = instance
-            .process(&records)
-            .expect("batch")
-            .records
-            .into_iter()
-            .map(|r| r.value.map(|v| v.to_vec()))
-            .collect();
+        let env = [("FIELD", "action"), ("EQUALS", "click"), ("ON_INVALID", on_invalid)];
+        let kept = support::kept_values(&module, &env, &values);
         let path = Path::new("action");
         let expected: Vec<Option<Vec<u8>>> = values
             .iter()
