@@ -89,6 +89,29 @@ pub(crate) fn prepare_topic(args: &BenchArgs) -> anyhow::Result<String> {
     Ok(topic)
 }
 
+/// Deletes a topic the benchmark created for itself (not one named with `--topic`): a run leaves
+/// gigabytes, and a disk that fills under later runs slows them (it did, 2026-12-02). A failure
+/// is reported and the run goes on.
+pub(crate) fn remove_scratch_topic(args: &BenchArgs, topic: &str) {
+    if args.topic.is_some() {
+        return;
+    }
+    let removed = (|| -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &args.brokers).create().context("creating admin client")?;
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in futures_block_on(admin.delete_topics(&[topic], &options))? {
+            if let Err((name, code)) = result {
+                anyhow::bail!("{name}: {code}");
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = removed {
+        eprintln!("warning: could not delete the benchmark topic {topic}: {e:#}");
+    }
+}
+
 /// A minimal executor for the admin client's one future: park until woken.
 fn futures_block_on<F: std::future::Future>(future: F) -> F::Output {
     use std::task::{Context as TaskContext, Poll, Wake, Waker};

@@ -165,6 +165,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             let ceiling = report_ceiling(&args)?;
             let topic = kafka::prepare_topic(&args)?;
             let result = kafka::produce(&args, &topic)?;
+            kafka::remove_scratch_topic(&args, &topic);
             report("produce", &args, result, ceiling);
         }
         BenchCommand::Consume(args) => {
@@ -177,16 +178,19 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                 kafka::produce(&BenchArgs { records: args.records - present, ..args.clone() }, &topic)?;
             }
             let result = kafka::consume(&args, &topic)?;
+            kafka::remove_scratch_topic(&args, &topic);
             report("consume", &args, result, ceiling);
         }
         BenchCommand::E2e(args) => {
             let topic = kafka::prepare_topic(&args.common)?;
             let latency = kafka::end_to_end(&args.common, &topic, args.rate)?;
+            kafka::remove_scratch_topic(&args.common, &topic);
             report_latency(args.rate, latency);
         }
         BenchCommand::Pipeline(args) => {
             let topic = kafka::prepare_topic(&args)?;
             let result = kafka::pipeline_peak(&args, &topic)?;
+            kafka::remove_scratch_topic(&args, &topic);
             report_plain("pipeline peak", &args, result);
         }
         BenchCommand::All(args) => run_all(args)?,
@@ -206,10 +210,12 @@ fn run_all(args: BenchArgs) -> anyhow::Result<()> {
     let produce1 = kafka::produce(&acks1, &topic)?;
     report("produce acks=1", &acks1, produce1, ceiling);
     let consume = kafka::consume(&acks1, &topic)?;
+    kafka::remove_scratch_topic(&acks1, &topic);
     report("consume", &acks1, consume, ceiling);
     let acks_all = BenchArgs { acks: Acks::All, topic: None, ..args.clone() };
     let topic_all = kafka::prepare_topic(&acks_all)?;
     let produce_all = kafka::produce(&acks_all, &topic_all)?;
+    kafka::remove_scratch_topic(&acks_all, &topic_all);
     report("produce acks=all", &acks_all, produce_all, ceiling);
     // A record's end-to-end trip needs both sides: the lower of the two one-way peaks.
     let half_peak = (produce1.records_per_s().min(consume.records_per_s()) / 2.0).max(1.0) as u64;
@@ -221,6 +227,7 @@ fn run_all(args: BenchArgs) -> anyhow::Result<()> {
     let pipeline_args = BenchArgs { acks: Acks::One, topic: None, ..args.clone() };
     let topic_pipeline = kafka::prepare_topic(&pipeline_args)?;
     let pipeline = kafka::pipeline_peak(&pipeline_args, &topic_pipeline)?;
+    kafka::remove_scratch_topic(&pipeline_args, &topic_pipeline);
     report_plain("pipeline peak", &pipeline_args, pipeline);
     let half_pipeline = (pipeline.records_per_s() / 2.0).max(1.0) as u64;
     let pipeline_latency = e2e_at(&args, half_pipeline)?;
@@ -254,6 +261,7 @@ fn e2e_at(args: &BenchArgs, rate: u64) -> anyhow::Result<Latency> {
     let e2e_args = BenchArgs { acks: Acks::One, topic: None, records: args.records.min(rate * 10), ..args.clone() };
     let topic = kafka::prepare_topic(&e2e_args)?;
     let latency = kafka::end_to_end(&e2e_args, &topic, rate)?;
+    kafka::remove_scratch_topic(&e2e_args, &topic);
     report_latency(rate, latency);
     Ok(latency)
 }
@@ -277,6 +285,7 @@ fn run_group(args: GroupArgs) -> anyhow::Result<()> {
         );
         runs.push(run);
     }
+    kafka::remove_scratch_topic(&common, &topic);
     if let Some(first) = runs.first() {
         println!();
         println!("summary ({} records of {} B, {} partitions):", common.records, common.record_size, common.partitions);
