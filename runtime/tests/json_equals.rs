@@ -8,8 +8,8 @@
 mod support;
 
 use runnel_runtime::{
-    InputRecord, InstanceConfig, Limits, MemoryStateStore, ProcessError, TransformInstance, WasmHost,
-    FEATURE_JSON_EQUALS, HOST_FEATURES, JSON_EQUALS_TEXT_BYTES_MAX, JSON_FIND_BAD_PATH, JSON_FIND_TOO_MUCH,
+    Limits, ProcessError, TransformInstance, FEATURE_JSON_EQUALS, HOST_FEATURES, JSON_EQUALS_TEXT_BYTES_MAX,
+    JSON_FIND_BAD_PATH, JSON_FIND_TOO_MUCH,
 };
 use runnel_sdk::json::locate::{equals, EQUALS_ABSENT, EQUALS_FALSE, EQUALS_INVALID, EQUALS_TRUE};
 use runnel_sdk::json::{Path, StrEquals};
@@ -110,18 +110,12 @@ fn honest(path: &[u8], text: &[u8], documents: usize) -> Call {
 }
 
 fn instance(path: &[u8], text: &[u8], documents: &[Option<&[u8]>], call: Call, limits: Limits) -> TransformInstance {
-    let wasm = wat::parse_str(module_wat(path, text, documents, call)).expect("wat");
-    let module = WasmHost::new(Default::default()).expect("host").load(&wasm).expect("load");
-    let mut config = InstanceConfig::new(0, 1, MemoryStateStore::new());
-    config.limits = limits;
-    module.instantiate(config).expect("instantiate")
+    support::instantiate_wat(&module_wat(path, text, documents, call), limits)
 }
 
 /// The answers the module got back, from its output record.
 fn answers(instance: &mut TransformInstance) -> Result<Vec<u8>, ProcessError> {
-    let records = [InputRecord { offset: 0, timestamp_ms: 0, key: None, value: Some(b"x"), headers: &[] }];
-    let output = instance.process(&records)?;
-    Ok(output.records[0].value.clone().unwrap_or_default().to_vec())
+    support::first_output_of_one_record(instance)
 }
 
 const DOCUMENTS: &[&[u8]] = &[

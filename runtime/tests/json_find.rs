@@ -7,8 +7,7 @@
 mod support;
 
 use runnel_runtime::{
-    InputRecord, InstanceConfig, Limits, MemoryStateStore, ProcessError, TransformInstance, WasmHost,
-    FEATURE_JSON_FIND, HOST_FEATURES, JSON_FIND_BAD_PATH, JSON_FIND_TOO_MUCH,
+    Limits, ProcessError, TransformInstance, FEATURE_JSON_FIND, HOST_FEATURES, JSON_FIND_BAD_PATH, JSON_FIND_TOO_MUCH,
 };
 use runnel_sdk::json::locate::{locate, ABSENT, FOUND, FOUND_PLAIN_STRING, INVALID};
 use runnel_sdk::json::Path;
@@ -95,21 +94,12 @@ fn honest(path: &[u8], documents: usize) -> Call {
 }
 
 fn instance(path: &[u8], documents: &[Option<&[u8]>], call: Call, limits: Limits) -> TransformInstance {
-    let wasm = wat::parse_str(module_wat(path, documents, call)).expect("wat");
-    let module = WasmHost::new(Default::default()).expect("host").load(&wasm).expect("load");
-    let mut config = InstanceConfig::new(0, 1, MemoryStateStore::new());
-    config.limits = limits;
-    module.instantiate(config).expect("instantiate")
-}
-
-fn one_record() -> [InputRecord<'static>; 1] {
-    [InputRecord { offset: 0, timestamp_ms: 0, key: None, value: Some(b"x"), headers: &[] }]
+    support::instantiate_wat(&module_wat(path, documents, call), limits)
 }
 
 /// The entries the module got back, decoded from its output record.
 fn entries(instance: &mut TransformInstance) -> Result<Vec<[u32; 3]>, ProcessError> {
-    let output = instance.process(&one_record())?;
-    let value = output.records[0].value.clone().unwrap_or_default();
+    let value = support::first_output_of_one_record(instance)?;
     let words: Vec<u32> = value.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
     Ok(words.chunks_exact(3).map(|e| [e[0], e[1], e[2]]).collect())
 }

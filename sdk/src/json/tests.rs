@@ -462,6 +462,19 @@ fn answer(value: &[u8], found: Result<Option<Raw<'_>>, JsonError>) -> String {
     }
 }
 
+/// The batch corpus as one encoded input batch, a tombstone after every `tombstone_every`-th
+/// value (counting from the first).
+fn encoded_corpus_batch(tombstone_every: usize) -> Vec<u8> {
+    let mut records: Vec<crate::Record> = Vec::new();
+    for (i, doc) in batch_corpus().into_iter().enumerate() {
+        records.push(crate::Record { value: Some(doc), offset: i as i64, ..crate::Record::default() });
+        if i % tombstone_every == 0 {
+            records.push(crate::Record::default());
+        }
+    }
+    crate::wire::encode_input(0, &records).expect("encodes")
+}
+
 /// With the `json-find` extension on, `find` and `find_path` on the values of the batch are
 /// answered by the (simulated) host in one call per path, and answer exactly as the scan does:
 /// in order, out of order, by text and by `Path`, for values outside the batch, past the
@@ -469,15 +482,7 @@ fn answer(value: &[u8], found: Result<Option<Raw<'_>>, JsonError>) -> String {
 #[test]
 fn batch_lookups_answer_as_the_scan_does() {
     use crate::host::fake::with_host;
-    let docs = batch_corpus();
-    let mut records: Vec<crate::Record> = Vec::new();
-    for (i, doc) in docs.iter().enumerate() {
-        records.push(crate::Record { value: Some(doc.clone()), offset: i as i64, ..crate::Record::default() });
-        if i % 7 == 0 {
-            records.push(crate::Record::default()); // a tombstone between values
-        }
-    }
-    let encoded = crate::wire::encode_input(0, &records).expect("encodes");
+    let encoded = encoded_corpus_batch(7);
     let refs = crate::wire::decode_input_refs(&encoded).expect("decodes");
     let values: Vec<&[u8]> = refs.iter().filter_map(|r| r.value).collect();
     let paths: Vec<Path> = FIND_PATHS.iter().map(|p| Path::new(p)).collect();
@@ -527,15 +532,7 @@ fn batch_lookups_answer_as_the_scan_does() {
 #[test]
 fn str_equals_answers_as_find_and_compare() {
     use crate::host::fake::with_host;
-    let docs = batch_corpus();
-    let mut records: Vec<crate::Record> = Vec::new();
-    for (i, doc) in docs.iter().enumerate() {
-        records.push(crate::Record { value: Some(doc.clone()), offset: i as i64, ..crate::Record::default() });
-        if i % 5 == 0 {
-            records.push(crate::Record::default()); // a tombstone between values
-        }
-    }
-    let encoded = crate::wire::encode_input(0, &records).expect("encodes");
+    let encoded = encoded_corpus_batch(5);
     let refs = crate::wire::decode_input_refs(&encoded).expect("decodes");
     let values: Vec<&[u8]> = refs.iter().filter_map(|r| r.value).collect();
     let tests: Vec<StrEquals> = [("a.b", "x"), ("action", "click"), ("a", "caf\u{e9}"), ("", "x"), ("c", "")]
