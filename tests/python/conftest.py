@@ -28,8 +28,8 @@ def runnel_bin() -> pathlib.Path:
     binary = runnel_binary()
     if not binary.is_file() or not os.access(binary, os.X_OK):
         pytest.exit(
-            f"no runnel binary at {binary}: run tests/run.sh, or `cargo build --release --bins` "
-            "and set RUNNEL_BIN",
+            f"no runnel binary at {binary}: run tests/run.sh, or `cargo build --profile testing --bins "
+            "--examples` (or set RUNNEL_BIN)",
             returncode=1,
         )
     return binary

@@ -57,7 +57,8 @@ def runnel_binary() -> pathlib.Path:
     if explicit:
         return pathlib.Path(explicit)
     target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))
-    return target / "release" / "runnel"
+    # tests/run.sh's default profile (Cargo.toml's `testing`), unless it says otherwise.
+    return target / os.environ.get("RUNNEL_TEST_PROFILE", "testing") / "runnel"
 
 
 def free_ports(count: int) -> list[int]:

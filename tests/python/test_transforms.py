@@ -27,6 +27,7 @@ from clients import (
     unique_topic,
     wait_until,
 )
+from runnel_harness import runnel_binary
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DIST = REPO / "plugins" / "dist"
@@ -246,11 +247,9 @@ WAT_FIXTURES = REPO / "runtime" / "tests" / "fixtures"
 
 def wat_module(tmp_path, name: str) -> pathlib.Path:
     """A hostile fixture as a deployable .wasm (wat2wasm is a runtime example built by cargo test)."""
-    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    tool = target / "release" / "examples" / "wat2wasm"
-    if not tool.exists():
-        tool = pathlib.Path(os.environ["RUNNEL_BIN"]).parent / "examples" / "wat2wasm"
-    assert tool.exists(), f"{tool} missing: cargo build --release -p runnel-runtime --examples"
+    # Built with the binary under test (tests/run.sh builds the examples of its profile).
+    tool = runnel_binary().parent / "examples" / "wat2wasm"
+    assert tool.exists(), f"{tool} missing: cargo build --examples -p runnel-runtime, same profile as RUNNEL_BIN"
     out = tmp_path / f"{name}.wasm"
     subprocess.run([str(tool), str(WAT_FIXTURES / f"{name}.wat"), str(out)], check=True, timeout=30)
     return out
