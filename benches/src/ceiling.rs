@@ -42,7 +42,7 @@ pub fn measure_ceiling(total_bytes: u64) -> anyhow::Result<Throughput> {
     drop(socket);
     let received = receiver.join().map_err(|_| anyhow::anyhow!("ceiling receiver panicked"))??;
     anyhow::ensure!(received == total_bytes, "ceiling receiver got {received} of {total_bytes} bytes");
-    Ok(Throughput { bytes: total_bytes, records: 0, elapsed: started.elapsed() })
+    Ok(Throughput { bytes: total_bytes, records: 0, elapsed: started.elapsed(), cpu: None })
 }
 
 #[cfg(test)]

@@ -106,6 +106,6 @@ pub(crate) fn consume_with_group(args: &BenchArgs, topic: &str, members: u32) ->
     Ok(GroupRun {
         members,
         join,
-        throughput: Throughput { bytes: bytes.into_inner(), records, elapsed: total.saturating_sub(join) },
+        throughput: Throughput { bytes: bytes.into_inner(), records, elapsed: total.saturating_sub(join), cpu: None },
     })
 }

@@ -14,6 +14,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::cpu::CpuMeter;
 use crate::native_batch::{BatchConsumer, BatchProducer, RECORDS_PER_CALL};
 use crate::{BenchArgs, Latency, Throughput};
 
@@ -164,32 +165,62 @@ fn payload(size: usize) -> Vec<u8> {
 pub(crate) fn produce(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughput> {
     let clients = u64::from(args.clients.max(1));
     let bar = progress(args.records, "produce");
-    let started = Instant::now();
+    // As for consumers: the clock starts once every producer is connected and knows the
+    // partition leaders, so client start-up is not counted as the broker's time.
+    let (ready, go) = (std::sync::Barrier::new(clients as usize + 1), std::sync::Barrier::new(clients as usize + 1));
+    let mut meter = None;
+    let mut started = Instant::now();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let workers: Vec<_> = (0..clients)
             .map(|client| {
                 let share = args.records / clients + u64::from(client < args.records % clients);
-                let bar = &bar;
-                scope.spawn(move || produce_share(args, topic, share, client as i32, bar))
+                let (bar, ready, go) = (&bar, &ready, &go);
+                let start = move || {
+                    ready.wait();
+                    go.wait();
+                };
+                scope.spawn(move || produce_share(args, topic, share, client as i32, bar, &start))
             })
             .collect();
+        ready.wait();
+        meter = Some(CpuMeter::start(&args.admin));
+        started = Instant::now();
+        go.wait();
         for worker in workers {
             worker.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
         }
         Ok(())
     })?;
     let elapsed = started.elapsed();
+    let cpu = meter.map(CpuMeter::stop);
     bar.finish_and_clear();
-    Ok(Throughput { bytes: args.records * args.record_size as u64, records: args.records, elapsed })
+    Ok(Throughput { bytes: args.records * args.record_size as u64, records: args.records, elapsed, cpu })
 }
 
 /// One producer's share: batches of [`RECORDS_PER_CALL`] records, each batch to the next
-/// partition in turn (what librdkafka's sticky partitioner does for keyless records).
-fn produce_share(args: &BenchArgs, topic: &str, records: u64, client: i32, bar: &ProgressBar) -> anyhow::Result<()> {
+/// partition in turn (what librdkafka's sticky partitioner does for keyless records). `start`
+/// is called once the producer knows the topic's leaders, before the first record (always,
+/// even when the producer could not be made, so a caller waiting on it is not left hanging).
+fn produce_share(
+    args: &BenchArgs,
+    topic: &str,
+    records: u64,
+    client: i32,
+    bar: &ProgressBar,
+    start: &dyn Fn(),
+) -> anyhow::Result<()> {
     // Leaked once per producer (a record's worth of bytes): librdkafka points at it, uncopied,
     // until each record is sent, so it must outlive the producer.
     let value: &'static [u8] = Box::leak(payload(args.record_size).into_boxed_slice());
-    let producer = producer(args, "5")?;
+    let producer = producer(args, "5").and_then(|producer| {
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("reading the metadata of {topic}"))?;
+        Ok(producer)
+    });
+    start();
+    let producer = producer?;
     let mut batch = BatchProducer::new(&producer, topic)?;
     let partitions = args.partitions.max(1);
     let mut partition = client % partitions;
@@ -215,6 +246,19 @@ fn wait_delivered(producer: &BaseProducer<Counting>, records: u64) -> anyhow::Re
 }
 
 fn consumer(args: &BenchArgs, topic: &str, offset: Offset, partitions: &[i32]) -> anyhow::Result<BaseConsumer> {
+    let consumer = ready_consumer(args, topic)?;
+    assign(&consumer, topic, offset, partitions)?;
+    Ok(consumer)
+}
+
+/// A consumer that knows `topic`'s partition leaders, not yet assigned anything.
+///
+/// Why the metadata first: a partition assigned before librdkafka knows its leader gets its
+/// start offset looked up by a retry timer, 500 ms later ("no current leader for partition:
+/// (re)starting offset query timer"). That half second of an idle client was inside every
+/// consume run, whatever the broker did: half the time of a 1M-record run on this machine.
+/// With the leaders known, the lookup goes out at once (first record ≈ 3 ms after `assign`).
+fn ready_consumer(args: &BenchArgs, topic: &str) -> anyhow::Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("group.id", "runnel-bench")
@@ -235,12 +279,19 @@ fn consumer(args: &BenchArgs, topic: &str, offset: Offset, partitions: &[i32]) -
         .extend_from(&args.client_config)
         .create()
         .context("creating consumer")?;
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    Ok(consumer)
+}
+
+fn assign(consumer: &BaseConsumer, topic: &str, offset: Offset, partitions: &[i32]) -> anyhow::Result<()> {
     let mut assignment = TopicPartitionList::new();
     for partition in partitions {
         assignment.add_partition_offset(topic, *partition, offset)?;
     }
     consumer.assign(&assignment)?;
-    Ok(consumer)
+    Ok(())
 }
 
 /// Records in `topic` now: the sum over its partitions of high watermark minus log start.
@@ -265,14 +316,23 @@ pub(crate) fn consume(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughpu
     let bar = progress(args.records, "consume");
     let received = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
-    let started = Instant::now();
+    // The clock starts once every consumer is connected and knows the leaders (client
+    // start-up, not the broker's work); the offset lookups and every fetch are inside it.
+    let ready = std::sync::Barrier::new(shares.len() + 1);
+    let go = std::sync::Barrier::new(shares.len() + 1);
+    let mut meter = None;
+    let mut started = Instant::now();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let workers: Vec<_> = shares
             .iter()
             .map(|partitions| {
-                let (received, bytes, bar) = (&received, &bytes, &bar);
+                let (received, bytes, bar, ready, go) = (&received, &bytes, &bar, &ready, &go);
                 scope.spawn(move || -> anyhow::Result<()> {
-                    let consumer = consumer(args, topic, Offset::Beginning, partitions)?;
+                    let consumer = ready_consumer(args, topic);
+                    ready.wait();
+                    go.wait();
+                    let consumer = consumer?;
+                    assign(&consumer, topic, Offset::Beginning, partitions)?;
                     let mut batch = BatchConsumer::new(&consumer)?;
                     let mut last_progress = Instant::now();
                     let mut total = 0;
@@ -295,14 +355,19 @@ pub(crate) fn consume(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughpu
                 })
             })
             .collect();
+        ready.wait();
+        meter = Some(CpuMeter::start(&args.admin));
+        started = Instant::now();
+        go.wait();
         for worker in workers {
             worker.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
         }
         Ok(())
     })?;
     let elapsed = started.elapsed();
+    let cpu = meter.map(CpuMeter::stop);
     bar.finish_and_clear();
-    Ok(Throughput { bytes: bytes.into_inner(), records: received.into_inner(), elapsed })
+    Ok(Throughput { bytes: bytes.into_inner(), records: received.into_inner(), elapsed, cpu })
 }
 
 /// Records stamped and sent per call at most in the e2e run: small, so a record waits in the
@@ -331,8 +396,8 @@ pub(crate) fn end_to_end(args: &BenchArgs, topic: &str, rate: u64) -> anyhow::Re
 /// the consumers hold every record. On a machine whose cores the clients share with the
 /// broker this is lower than either one-way peak, since both directions share the cores.
 pub(crate) fn pipeline_peak(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughput> {
-    let (_, elapsed) = pipeline(args, topic, Sending::FlatOut)?;
-    Ok(Throughput { bytes: args.records * args.record_size as u64, records: args.records, elapsed })
+    let (latency, elapsed) = pipeline(args, topic, Sending::FlatOut)?;
+    Ok(Throughput { bytes: args.records * args.record_size as u64, records: args.records, elapsed, cpu: latency.cpu })
 }
 
 /// Runs producers and consumers at once; returns the latency of stamped records (empty when
@@ -349,6 +414,7 @@ fn pipeline(args: &BenchArgs, topic: &str, sending: Sending) -> anyhow::Result<(
     let hidden = ProgressBar::hidden();
     let stamped = matches!(sending, Sending::Paced(_));
     let mut started = Instant::now();
+    let mut meter = None;
     let histograms = std::thread::scope(|scope| -> anyhow::Result<Vec<hdrhistogram::Histogram<u64>>> {
         let consumers: Vec<_> = shares
             .iter()
@@ -370,6 +436,7 @@ fn pipeline(args: &BenchArgs, topic: &str, sending: Sending) -> anyhow::Result<(
             })
             .collect();
         ready.wait();
+        meter = Some(CpuMeter::start(&args.admin));
         started = Instant::now();
         let senders: Vec<_> = (0..clients as u64)
             .map(|client| {
@@ -380,7 +447,9 @@ fn pipeline(args: &BenchArgs, topic: &str, sending: Sending) -> anyhow::Result<(
                         let share_rate = (rate / clients as u64 + u64::from(client < rate % clients as u64)).max(1);
                         scope.spawn(move || send_paced(args, topic, share, share_rate, client as i32))
                     }
-                    Sending::FlatOut => scope.spawn(move || produce_share(args, topic, share, client as i32, hidden)),
+                    Sending::FlatOut => {
+                        scope.spawn(move || produce_share(args, topic, share, client as i32, hidden, &|| {}))
+                    }
                 }
             })
             .collect();
@@ -390,6 +459,7 @@ fn pipeline(args: &BenchArgs, topic: &str, sending: Sending) -> anyhow::Result<(
         consumers.into_iter().map(|c| c.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))?).collect()
     })?;
     let elapsed = started.elapsed();
+    let cpu = meter.map(CpuMeter::stop);
     bar.finish_and_clear();
     let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for part in &histograms {
@@ -401,6 +471,8 @@ fn pipeline(args: &BenchArgs, topic: &str, sending: Sending) -> anyhow::Result<(
         p999_us: histogram.value_at_quantile(0.999),
         max_us: histogram.max(),
         count: histogram.len(),
+        cpu,
+        bytes: records * args.record_size as u64,
     };
     Ok((latency, elapsed))
 }

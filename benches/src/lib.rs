@@ -11,6 +11,7 @@
 mod ceiling;
 pub mod compaction;
 mod connect;
+mod cpu;
 mod group;
 mod kafka;
 mod native_batch;
@@ -23,6 +24,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 
 pub use ceiling::measure_ceiling;
+pub use cpu::CpuUse;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -65,7 +67,8 @@ pub struct BenchArgs {
     /// Kafka bootstrap address(es)
     #[arg(long, env = "RUNNEL_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
-    /// Admin HTTP address (unused by the benchmark; accepted like every other command)
+    /// Admin HTTP address: the broker's CPU time is read from its /metrics before and after each
+    /// phase (left out when it does not answer)
     #[arg(long, env = "RUNNEL_ADMIN", default_value = "http://127.0.0.1:9644")]
     pub admin: String,
     /// Records to send
@@ -138,6 +141,8 @@ pub struct Throughput {
     pub bytes: u64,
     pub records: u64,
     pub elapsed: Duration,
+    /// What the clients and the broker spent meanwhile (runs against a broker only).
+    pub cpu: Option<CpuUse>,
 }
 
 impl Throughput {
@@ -157,6 +162,10 @@ pub struct Latency {
     pub p999_us: u64,
     pub max_us: u64,
     pub count: u64,
+    /// What the clients and the broker spent from the first send until the last record arrived.
+    pub cpu: Option<CpuUse>,
+    /// Bytes of record values carried.
+    pub bytes: u64,
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -237,23 +246,54 @@ fn run_all(args: BenchArgs) -> anyhow::Result<()> {
         args.records, args.record_size, args.partitions, args.compression, args.clients
     );
     println!("  ceiling (loopback TCP → file)   {:>9.1} MB/s", ceiling.mb_per_s());
+    let stolen =
+        [ceiling.cpu, produce1.cpu, consume.cpu, produce_all.cpu, latency.cpu, pipeline.cpu, pipeline_latency.cpu]
+            .iter()
+            .filter_map(|cpu| cpu.and_then(|c| c.machine))
+            .map(|m| m.stolen)
+            .fold(None, |most: Option<f64>, s| Some(most.map_or(s, |m| m.max(s))));
+    if let Some(stolen) = stolen {
+        println!(
+            "  stolen by the host               {:>6.0} %   (the most of any phase; a busy host slows every phase, ceiling included)",
+            stolen * 100.0
+        );
+    }
     println!("  produce acks=1 / ceiling        {:>9.2}   (target ≥ 0.60)", produce1.mb_per_s() / ceiling.mb_per_s());
     println!(
         "  produce acks=all / acks=1       {:>9.2}   (target ≥ 0.50)",
         produce_all.mb_per_s() / produce1.mb_per_s()
     );
     println!("  consume / ceiling               {:>9.2}   (target ≥ 0.80)", consume.mb_per_s() / ceiling.mb_per_s());
-    println!("  e2e p99 at half peak ({half_peak} rec/s) {:>6.2} ms (target < 5 ms)", latency.p99_us as f64 / 1000.0);
+    // What the consume target asks of this machine at the CPU cost per byte this run measured
+    // (clients and broker share its cores here).
+    if let Some(cores) = cores_needed(consume.cpu, consume.bytes, 0.8 * ceiling.mb_per_s()) {
+        println!(
+            "    0.80 of the ceiling ({:.0} MB/s) at this run's consume cost needs ≈ {cores:.1} cores (here: {})",
+            0.8 * ceiling.mb_per_s(),
+            consume.cpu.map_or(1, |c| c.cores)
+        );
+    }
+    println!(
+        "  e2e p99 at half peak ({half_peak} rec/s) {:>6.2} ms (target < 5 ms){}",
+        latency.p99_us as f64 / 1000.0,
+        busy(latency.cpu)
+    );
     println!(
         "  pipeline peak / lower one-way   {:>9.2}   ({:.0} rec/s with both directions at once)",
         pipeline.records_per_s() / produce1.records_per_s().min(consume.records_per_s()).max(1e-9),
         pipeline.records_per_s()
     );
     println!(
-        "  e2e p99 at half pipeline peak ({half_pipeline} rec/s) {:>6.2} ms",
-        pipeline_latency.p99_us as f64 / 1000.0
+        "  e2e p99 at half pipeline peak ({half_pipeline} rec/s) {:>6.2} ms{}",
+        pipeline_latency.p99_us as f64 / 1000.0,
+        busy(pipeline_latency.cpu)
     );
     Ok(())
+}
+
+/// ", cores N % busy" for a summary line, when the run knows it.
+fn busy(cpu: Option<CpuUse>) -> String {
+    cpu.and_then(|c| c.busy()).map(|b| format!(", cores {:.0} % busy", b * 100.0)).unwrap_or_default()
 }
 
 /// An e2e run at `rate` on a fresh topic, about ten seconds long at most, reported.
@@ -311,6 +351,22 @@ fn report_plain(name: &str, args: &BenchArgs, result: Throughput) {
         args.record_size,
         result.elapsed.as_secs_f64()
     );
+    report_cpu(result.cpu, result.bytes);
+}
+
+/// The CPU line under a result, when the run measured it.
+fn report_cpu(cpu: Option<CpuUse>, bytes: u64) {
+    if let Some(cpu) = cpu {
+        println!("  {}", cpu.describe(bytes));
+    }
+}
+
+/// Cores that clients and broker together would keep busy moving `mb_per_s` at the CPU cost
+/// per byte `cpu` measured, or `None` without the broker's figure.
+fn cores_needed(cpu: Option<CpuUse>, bytes: u64, mb_per_s: f64) -> Option<f64> {
+    let cpu = cpu?;
+    let (clients, broker) = cpu.per_gb(bytes);
+    Some((clients + broker?) * mb_per_s / 1000.0)
 }
 
 /// Ceiling runs per benchmark; the fastest counts.
@@ -322,9 +378,11 @@ const CEILING_RUNS: usize = 3;
 /// against it the least flattering.
 fn report_ceiling(args: &BenchArgs) -> anyhow::Result<Throughput> {
     let mut runs = Vec::with_capacity(CEILING_RUNS);
+    let meter = cpu::CpuMeter::start(&args.admin);
     for _ in 0..CEILING_RUNS {
         runs.push(measure_ceiling(args.records * args.record_size as u64)?);
     }
+    let machine = meter.stop();
     let all: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.mb_per_s())).collect();
     let ceiling = runs.into_iter().max_by(|a, b| a.mb_per_s().total_cmp(&b.mb_per_s())).context("no ceiling run")?;
     println!(
@@ -333,6 +391,10 @@ fn report_ceiling(args: &BenchArgs) -> anyhow::Result<Throughput> {
         ceiling.bytes,
         all.join(", ")
     );
+    if let Some(line) = machine.describe_machine() {
+        println!("  {line} during the ceiling runs");
+    }
+    let ceiling = Throughput { cpu: Some(machine), ..ceiling };
     Ok(ceiling)
 }
 
@@ -349,6 +411,7 @@ fn report(name: &str, args: &BenchArgs, result: Throughput, ceiling: Throughput)
         args.clients,
         result.mb_per_s() / ceiling.mb_per_s(),
     );
+    report_cpu(result.cpu, result.bytes);
 }
 
 fn report_latency(rate: u64, latency: Latency) {
@@ -360,4 +423,5 @@ fn report_latency(rate: u64, latency: Latency) {
         latency.max_us as f64 / 1000.0,
         latency.count
     );
+    report_cpu(latency.cpu, latency.bytes);
 }

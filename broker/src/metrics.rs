@@ -1,9 +1,10 @@
 //! Prometheus metrics for the broker, served as text on the admin endpoint's `/metrics`.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -62,7 +63,11 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub(crate) fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("runnel");
+        let mut root = Registry::default();
+        // The standard `process_*` metrics carry no prefix, so dashboards and tools that know
+        // them (and `runnel bench`, which reads the broker's CPU time from them) find them.
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("runnel");
         let requests = Family::<ApiLabels, Counter>::default();
         let request_errors = Family::<ApiLabels, Counter>::default();
         let request_seconds =
@@ -85,9 +90,9 @@ impl Metrics {
         registry.register("partitions", "Partitions hosted by this broker", partitions.clone());
         registry.register("log_size_bytes", "Bytes of log segments on disk", log_size_bytes.clone());
         let cleaner = CleanerMetrics::default();
-        cleaner.register(&mut registry);
+        cleaner.register(registry);
         Metrics {
-            registry,
+            registry: root,
             requests,
             request_errors,
             request_seconds,
@@ -105,5 +110,122 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The Prometheus client libraries' usual process metrics, read on each scrape: CPU time
+/// (user + system, all threads), resident memory, open file descriptors. Linux only for the
+/// last two (from `/proc/self`); a value that cannot be read is left out, not reported as 0.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(seconds) = process::cpu_seconds() {
+            let counter = ConstCounter::new(seconds);
+            let metric = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                counter.metric_type(),
+            )?;
+            counter.encode(metric)?;
+        }
+        if let Some(bytes) = process::resident_bytes() {
+            let gauge = ConstGauge::new(bytes);
+            let metric = encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                None,
+                gauge.metric_type(),
+            )?;
+            gauge.encode(metric)?;
+        }
+        if let Some(fds) = process::open_fds() {
+            let gauge = ConstGauge::new(fds);
+            let metric = encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                gauge.metric_type(),
+            )?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+mod process {
+    //! Two system calls need `unsafe`; they are confined here.
+    #![allow(unsafe_code)]
+
+    /// User + system CPU time of the whole process (every thread, live or ended), in seconds.
+    pub(super) fn cpu_seconds() -> Option<f64> {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+        // SAFETY: getrusage writes a whole `rusage` into the pointer it is given and nothing
+        // else; we read it only when it reports success.
+        let usage = unsafe {
+            if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+                return None;
+            }
+            usage.assume_init()
+        };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Some(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+    }
+
+    /// Resident set size from `/proc/self/statm` (its second field, in pages).
+    pub(super) fn resident_bytes() -> Option<i64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        // SAFETY: sysconf only reads a system constant.
+        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        (page_size > 0).then(|| pages.saturating_mul(page_size as i64))
+    }
+
+    pub(super) fn open_fds() -> Option<i64> {
+        let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+        // The directory's own descriptor, open while it is read, is one of the entries.
+        Some((entries.count() as i64 - 1).max(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+            let (metric, value) = line.split_once(' ')?;
+            (metric == name).then(|| value.trim().parse().ok()).flatten()
+        })
+    }
+
+    #[test]
+    fn process_metrics_are_unprefixed_and_follow_the_process() {
+        let metrics = Metrics::new();
+        let before = sample(&metrics.render(), "process_cpu_seconds_total").expect("process_cpu_seconds_total");
+        // Burn some CPU the counter must see (getrusage counts at least to the scheduler tick).
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(200) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        }
+        std::hint::black_box(x);
+        let text = metrics.render();
+        let after = sample(&text, "process_cpu_seconds_total").expect("process_cpu_seconds_total");
+        assert!(after >= before + 0.1, "200 ms of spinning moved the CPU counter {before} → {after}");
+        #[cfg(target_os = "linux")]
+        {
+            let resident = sample(&text, "process_resident_memory_bytes").expect("resident memory");
+            assert!(resident > 1e6, "a test process holds more than 1 MB: {resident}");
+            let file = std::fs::File::open("/proc/self/stat").expect("open a file");
+            let fds = sample(&metrics.render(), "process_open_fds").expect("open fds");
+            assert!(fds >= 1.0, "at least the file just opened: {fds}");
+            drop(file);
+        }
+        // Broker metrics keep their prefix.
+        assert!(text.contains("runnel_kafka_bytes_in_total"), "{text}");
+        assert!(!text.contains("runnel_process_"), "{text}");
     }
 }

@@ -57,3 +57,33 @@ def test_request_counters_per_api(broker):
         sock.close()
     after = request_counts(broker.metrics())["apiversions"]
     assert after >= before + 25, f"ApiVersions counter went {before} → {after} after 25 requests"
+
+
+def unlabelled(text: str, name: str):
+    for line in text.splitlines():
+        m = SAMPLE.match(line)
+        if m and m.group("name") == name and not m.group("labels"):
+            return float(m.group("value"))
+    return None
+
+
+def test_process_metrics_report_the_broker_process(broker):
+    """The standard, unprefixed process_* metrics: what dashboards (and `runnel bench`) read."""
+    before = broker.metrics()
+    cpu_before = unlabelled(before, "process_cpu_seconds_total")
+    assert cpu_before is not None, f"no process_cpu_seconds_total in /metrics:\n{before[:2000]}"
+    resident = unlabelled(before, "process_resident_memory_bytes")
+    assert resident is not None and resident > 1e6, f"resident memory {resident}"
+    fds = unlabelled(before, "process_open_fds")
+    assert fds is not None and fds >= 3, f"open fds {fds} (a broker holds at least its listeners)"
+
+    topic = unique_topic("cpu")
+    create_topic(broker.bootstrap, topic, 1)
+    producer = Producer(producer_config(broker.bootstrap))
+    for i in range(20000):
+        producer.produce(topic, value=b"x" * 1000, partition=0)
+        if i % 1000 == 0:
+            producer.poll(0)
+    flush_all(producer)
+    cpu_after = unlabelled(broker.metrics(), "process_cpu_seconds_total")
+    assert cpu_after > cpu_before, f"20 MB produced, broker CPU {cpu_before} → {cpu_after} s"
