@@ -5,7 +5,6 @@
 //! figure alone cannot say which side set it. With both CPU times beside it, a run says how
 //! many cores the clients and the broker each needed per GB, and so what a target would need
 //! on this machine.
-#![allow(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
@@ -127,17 +126,7 @@ impl CpuMeter {
 
 /// User + system CPU time of this whole process (live and ended threads), in seconds.
 fn own_cpu_seconds() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage writes a whole `rusage` into the pointer it is given and nothing else;
-    // it is read only when the call reports success.
-    let usage = unsafe {
-        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
-            return 0.0;
-        }
-        usage.assume_init()
-    };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    runnel_broker::process_cpu_seconds().unwrap_or(0.0)
 }
 
 /// The machine-wide CPU counters of `/proc/stat`'s first line, in clock ticks.

@@ -31,3 +31,4 @@ mod log_cleaner;
 mod metrics;
 
 pub use broker::{Broker, BrokerError, GroupCommitError, GroupOffset, Partition};
+pub use metrics::process_cpu_seconds;

@@ -121,38 +121,43 @@ struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if let Some(seconds) = process::cpu_seconds() {
-            let counter = ConstCounter::new(seconds);
-            let metric = encoder.encode_descriptor(
+        if let Some(seconds) = process_cpu_seconds() {
+            encode_one(
+                &mut encoder,
                 "process_cpu_seconds",
                 "Total user and system CPU time spent in seconds",
-                None,
-                counter.metric_type(),
+                ConstCounter::new(seconds),
             )?;
-            counter.encode(metric)?;
         }
         if let Some(bytes) = process::resident_bytes() {
-            let gauge = ConstGauge::new(bytes);
-            let metric = encoder.encode_descriptor(
+            encode_one(
+                &mut encoder,
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes",
-                None,
-                gauge.metric_type(),
+                ConstGauge::new(bytes),
             )?;
-            gauge.encode(metric)?;
         }
         if let Some(fds) = process::open_fds() {
-            let gauge = ConstGauge::new(fds);
-            let metric = encoder.encode_descriptor(
-                "process_open_fds",
-                "Number of open file descriptors",
-                None,
-                gauge.metric_type(),
-            )?;
-            gauge.encode(metric)?;
+            encode_one(&mut encoder, "process_open_fds", "Number of open file descriptors", ConstGauge::new(fds))?;
         }
         Ok(())
     }
+}
+
+fn encode_one(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    let descriptor = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(descriptor)
+}
+
+/// User + system CPU time of this whole process (every thread, live or ended), in seconds;
+/// what `process_cpu_seconds_total` reports (`runnel bench` reads its own the same way).
+pub fn process_cpu_seconds() -> Option<f64> {
+    process::cpu_seconds()
 }
 
 mod process {
